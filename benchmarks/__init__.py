@@ -1,0 +1,1 @@
+"""Benchmarks: quality and speed of napari-medgen families against baselines (``make bench``)."""

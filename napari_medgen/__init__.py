@@ -1,0 +1,32 @@
+"""napari-medgen: generative models for 3D medical volumes, in napari and on the command line."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .errors import Cancelled, FamilyError, InputError, MedGenError, ParamError, PluginError, WeightsError
+from .family import RESEARCH_USE, InputSpec, Inputs, ModelFamily, Output, Param, Result, RunContext, Task
+from .hookspecs import hookimpl
+from .volume import Volume
+
+__all__ = [
+    "__version__",
+    "hookimpl",
+    "ModelFamily",
+    "Param",
+    "InputSpec",
+    "Inputs",
+    "Output",
+    "Result",
+    "RunContext",
+    "Task",
+    "Volume",
+    "RESEARCH_USE",
+    "MedGenError",
+    "InputError",
+    "ParamError",
+    "FamilyError",
+    "PluginError",
+    "Cancelled",
+    "WeightsError",
+]

@@ -1,0 +1,60 @@
+"""napari docks (the only Qt code in napari-medgen). The manifest names these classes.
+
+napari passes the viewer to a dock class whose ``__init__`` has a ``napari_viewer`` argument.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..family import Task
+from .families_panel import FamiliesPanel
+from .task_widget import TaskWidget
+
+if TYPE_CHECKING:  # pragma: no cover
+    import napari
+
+__all__ = [
+    "TaskWidget",
+    "FamiliesPanel",
+    "superres_widget",
+    "anomaly_widget",
+    "harmonize_widget",
+    "lesion_widget",
+    "families_widget",
+]
+
+
+class superres_widget(TaskWidget):  # noqa: N801 - the manifest's python_name
+    """Super-resolution dock."""
+
+    def __init__(self, napari_viewer: "napari.viewer.Viewer") -> None:
+        super().__init__(napari_viewer, Task.SUPERRES)
+
+
+class anomaly_widget(TaskWidget):  # noqa: N801
+    """Anomaly map dock."""
+
+    def __init__(self, napari_viewer: "napari.viewer.Viewer") -> None:
+        super().__init__(napari_viewer, Task.ANOMALY)
+
+
+class harmonize_widget(TaskWidget):  # noqa: N801
+    """Harmonize dock."""
+
+    def __init__(self, napari_viewer: "napari.viewer.Viewer") -> None:
+        super().__init__(napari_viewer, Task.HARMONIZE)
+
+
+class lesion_widget(TaskWidget):  # noqa: N801
+    """Insert lesions dock."""
+
+    def __init__(self, napari_viewer: "napari.viewer.Viewer") -> None:
+        super().__init__(napari_viewer, Task.LESION)
+
+
+class families_widget(FamiliesPanel):  # noqa: N801
+    """Model families dock."""
+
+    def __init__(self, napari_viewer: "napari.viewer.Viewer") -> None:
+        super().__init__(napari_viewer)

@@ -1,0 +1,503 @@
+"""One family-driven dock for every task: inputs, family, parameters, device, Run/Cancel.
+
+Long work runs in a napari thread worker; progress travels back through a Qt signal and a
+``napari.utils.progress`` bar in the activity dock. Results arrive as new layers; the
+input layers are never modified. ``SYNCHRONOUS = True`` (or ``MEDGEN_SYNC_WORKERS=1``) runs
+in the calling thread, for deterministic tests.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui import widgets as mw
+from qtpy.QtCore import QObject, Qt, Signal
+from qtpy.QtWidgets import (
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSizePolicy,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..errors import Cancelled, MedGenError
+from ..family import Inputs, ModelFamily, Param, Result, Task
+from ..io.napari_io import layer_to_volume, volume_to_layer_data
+from ..registry import FamilyEntry, get_registry
+from ._signals import registry_events
+
+if TYPE_CHECKING:  # pragma: no cover
+    import napari
+
+__all__ = ["TaskWidget", "SYNCHRONOUS", "param_widget"]
+
+log = logging.getLogger("napari_medgen.widgets")
+
+#: run families in the calling thread (tests); the env var MEDGEN_SYNC_WORKERS=1 does the same
+SYNCHRONOUS = False
+NONE = "(none)"
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+
+
+def _synchronous() -> bool:
+    return SYNCHRONOUS or os.environ.get("MEDGEN_SYNC_WORKERS", "") not in ("", "0")
+
+
+def param_widget(param: Param) -> mw.ValueWidget:
+    """The magicgui widget for one declared parameter."""
+    label = param.display
+    tooltip = param.help or None
+    if param.kind == "bool":
+        w = mw.CheckBox(value=param.default, label=label, tooltip=tooltip)
+    elif param.kind == "choice":
+        w = mw.ComboBox(value=param.default, choices=list(param.choices), label=label, tooltip=tooltip)
+    elif param.kind == "int":
+        lo = int(param.minimum) if param.minimum is not None else -(2**31)
+        hi = int(param.maximum) if param.maximum is not None else 2**31 - 1
+        w = mw.SpinBox(value=param.default, min=lo, max=hi, label=label, tooltip=tooltip)
+    elif param.kind == "float":
+        lo = float(param.minimum) if param.minimum is not None else -1e9
+        hi = float(param.maximum) if param.maximum is not None else 1e9
+        span = hi - lo if np.isfinite(hi - lo) and hi - lo < 1e6 else 10.0
+        step = 10 ** np.floor(np.log10(max(span / 100, 1e-4)))
+        w = mw.FloatSpinBox(value=param.default, min=lo, max=hi, step=float(step), label=label, tooltip=tooltip)
+        try:
+            w.native.setDecimals(max(2, int(-np.log10(step)) + 1))
+        except Exception:  # pragma: no cover - backend without decimals
+            pass
+    else:
+        w = mw.LineEdit(value=param.default, label=label, tooltip=tooltip)
+    w.name = param.name
+    return w
+
+
+class _Bridge(QObject):
+    """Carries worker-thread events to the main thread (queued signal connections)."""
+
+    progressed = Signal(int, int, str)
+
+
+class TaskWidget(QWidget):
+    """The dock for one :class:`Task`."""
+
+    def __init__(self, viewer: "napari.viewer.Viewer", task: Task | str, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = viewer
+        self.task = Task(task)
+        self.setObjectName(f"medgen-{self.task.value}")
+        self._entries: list[FamilyEntry] = []
+        self._param_widgets: dict[str, mw.ValueWidget] = {}
+        self._cancel = threading.Event()
+        self._worker = None
+        self._pbar = None
+        self._running = False
+        self.last_result: Result | None = None
+        self.last_error: str = ""
+        self._bridge = _Bridge()
+        self._bridge.progressed.connect(self._on_progress)
+        self._build()
+        self.refresh_layers()
+        self.refresh_families()
+        for ev in ("inserted", "removed", "moved", "changed"):
+            getattr(viewer.layers.events, ev).connect(self._on_layers_changed)
+        registry_events.reloaded.connect(self._on_registry_reloaded)
+
+    # -- construction ------------------------------------------------------------
+    def _build(self) -> None:
+        root = QVBoxLayout(self)
+        root.setContentsMargins(6, 6, 6, 6)
+        title = QLabel(f"<b>{self.task.title}</b>")
+        root.addWidget(title)
+        form = QFormLayout()
+        form.setFieldGrowthPolicy(QFormLayout.AllNonFixedFieldsGrow)
+        self.image_combo = mw.ComboBox(choices=[], tooltip="the 3D image layer to process")
+        form.addRow("Input image", self.image_combo.native)
+        self.image_combo.changed.connect(self._update_summary)
+        self.summary = QLabel("")
+        self.summary.setWordWrap(True)
+        self.summary.setStyleSheet("color: #9aa;")
+        form.addRow("", self.summary)
+        self.ref_select = None
+        self.ref_combo = None
+        self.points_combo = None
+        self.mask_combo = None
+        if self.task in (Task.HARMONIZE, Task.ANOMALY):
+            tip = (
+                "target-domain reference scan(s); select several with Ctrl/Shift"
+                if self.task is Task.HARMONIZE
+                else "optional scans of normal anatomy used as the reference for 'normal'"
+            )
+            self.ref_select = mw.Select(choices=[], tooltip=tip)
+            self.ref_select.native.setMaximumHeight(80)
+            label = "Reference(s)" if self.task is Task.HARMONIZE else "Normal reference(s)"
+            form.addRow(label, self.ref_select.native)
+        if self.task is Task.LESION:
+            self.points_combo = mw.ComboBox(choices=[NONE], tooltip="a Points layer: one lesion per point")
+            form.addRow("Points", self.points_combo.native)
+        if self.task in (Task.LESION, Task.HARMONIZE):
+            tip = (
+                "a Labels layer: random lesions are placed inside it"
+                if self.task is Task.LESION
+                else "optional foreground mask (else computed automatically)"
+            )
+            self.mask_combo = mw.ComboBox(choices=[NONE], tooltip=tip)
+            form.addRow("Mask (labels)", self.mask_combo.native)
+        self.family_combo = mw.ComboBox(choices=[], tooltip="model family (from installed plugins)")
+        self.family_combo.changed.connect(self._on_family_changed)
+        form.addRow("Family", self.family_combo.native)
+        self.family_info = QLabel("")
+        self.family_info.setWordWrap(True)
+        self.family_info.setStyleSheet("color: #9aa;")
+        form.addRow("", self.family_info)
+        root.addLayout(form)
+        self.params_box = mw.Container(labels=True)
+        self.params_box.native.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.Minimum)
+        root.addWidget(self.params_box.native)
+        form2 = QFormLayout()
+        self.device_combo = mw.ComboBox(choices=list(DEVICE_CHOICES), value="auto", tooltip="compute device")
+        self.device_combo.changed.connect(self._update_device_label)
+        form2.addRow("Device", self.device_combo.native)
+        self.device_label = QLabel("")
+        self.device_label.setWordWrap(True)
+        form2.addRow("", self.device_label)
+        self.seed_box = mw.SpinBox(value=0, min=0, max=2**31 - 1, tooltip="random seed: same seed, same result")
+        form2.addRow("Seed", self.seed_box.native)
+        self.budget_box = mw.FloatSpinBox(
+            value=0.0, min=0.0, max=86400.0, step=30.0, tooltip="training time budget in seconds (0 = no limit)"
+        )
+        form2.addRow("Time budget (s)", self.budget_box.native)
+        root.addLayout(form2)
+        buttons = QHBoxLayout()
+        self.run_button = QPushButton("Run")
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancel)
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        root.addLayout(buttons)
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setRange(0, 100)
+        self.progress_bar.setValue(0)
+        root.addWidget(self.progress_bar)
+        self.status = QLabel("Ready.")
+        self.status.setWordWrap(True)
+        self.status.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        root.addWidget(self.status)
+        note = QLabel("<small>Research use only; not for diagnosis.</small>")
+        note.setStyleSheet("color: #888;")
+        root.addWidget(note)
+        root.addStretch(1)
+        self._update_device_label()
+
+    # -- layers ------------------------------------------------------------------
+    def _layers_of(self, kind: str) -> list[str]:
+        from napari.layers import Image, Labels, Points
+
+        cls = {"image": Image, "labels": Labels, "points": Points}[kind]
+        return [layer.name for layer in self.viewer.layers if isinstance(layer, cls)]
+
+    def _on_layers_changed(self, event: Any = None) -> None:
+        self.refresh_layers()
+
+    def refresh_layers(self) -> None:
+        images = self._layers_of("image")
+        current = self.image_combo.value
+        self.image_combo.choices = images
+        if current in images:
+            self.image_combo.value = current
+        if self.ref_select is not None:
+            keep = [v for v in (self.ref_select.value or []) if v in images]
+            self.ref_select.choices = images
+            self.ref_select.value = keep
+        if self.points_combo is not None:
+            cur = self.points_combo.value
+            self.points_combo.choices = [NONE, *self._layers_of("points")]
+            if cur in self.points_combo.choices:
+                self.points_combo.value = cur
+        if self.mask_combo is not None:
+            cur = self.mask_combo.value
+            self.mask_combo.choices = [NONE, *self._layers_of("labels")]
+            if cur in self.mask_combo.choices:
+                self.mask_combo.value = cur
+        self._update_summary()
+
+    def _update_summary(self, *_: Any) -> None:
+        name = self.image_combo.value
+        if not name or name not in self.viewer.layers:
+            self.summary.setText("open a 3D scan (File > Open) to start")
+            return
+        layer = self.viewer.layers[name]
+        shape = tuple(np.shape(layer.data))
+        sp = tuple(float(s) for s in layer.scale)
+        text = f"shape {' x '.join(map(str, shape))}, spacing {' x '.join(f'{s:.3g}' for s in sp)} mm"
+        if self.task is Task.SUPERRES and len(sp) == 3:
+            target = min(sp[1:]) if len(sp) == 3 else min(sp)
+            text += f"; default target {target:.3g} mm isotropic"
+        self.summary.setText(text)
+
+    # -- families ----------------------------------------------------------------
+    def _on_registry_reloaded(self) -> None:
+        try:
+            self.refresh_families()
+        except RuntimeError:  # this dock was closed: its Qt widgets are gone
+            registry_events.reloaded.disconnect(self._on_registry_reloaded)
+
+    def refresh_families(self, *_: Any) -> None:
+        self._entries = get_registry().families(self.task)
+        current = self.family_combo.value
+        choices = [(f"{e.family.display_name} ({e.id})", e.id) for e in self._entries]
+        self.family_combo.choices = choices
+        ids = [e.id for e in self._entries]
+        if current in ids:
+            self.family_combo.value = current
+        self._on_family_changed()
+        self.run_button.setEnabled(bool(self._entries) and not self._running)
+        if not self._entries:
+            self.status.setText(f"No {self.task.value} family is installed (see the Model families dock).")
+
+    @property
+    def entry(self) -> FamilyEntry | None:
+        fid = self.family_combo.value
+        for e in self._entries:
+            if e.id == fid:
+                return e
+        return None
+
+    def _on_family_changed(self, *_: Any) -> None:
+        self.params_box.clear()
+        self._param_widgets = {}
+        entry = self.entry
+        if entry is None:
+            self.family_info.setText("")
+            return
+        fam = entry.family
+        info = f"{fam.description}" if fam.description else ""
+        self.family_info.setText(f"<small>{info} [v{fam.version}, {entry.package or entry.plugin}]</small>")
+        self.family_info.setToolTip(
+            f"{fam.display_name}\n\nCitation: {fam.citation or '-'}\nLicense: {fam.license or '-'}\n{fam.intended_use}"
+        )
+        for p in fam.params:
+            w = param_widget(p)
+            self._param_widgets[p.name] = w
+            self.params_box.append(w)
+        self.budget_box.enabled = bool(fam.wants_gpu)
+        self._update_device_label()
+
+    def select_family(self, family_id: str) -> None:
+        self.family_combo.value = family_id
+
+    def set_params(self, **values: Any) -> None:
+        for k, v in values.items():
+            self._param_widgets[k].value = v
+
+    def params(self) -> dict[str, Any]:
+        return {name: w.value for name, w in self._param_widgets.items()}
+
+    def _update_device_label(self, *_: Any) -> None:
+        from ..engine.device import describe_device
+
+        text = describe_device(self.device_combo.value)
+        entry = self.entry
+        warn = text.startswith("CPU") or text.startswith("unavailable")
+        if entry is not None and not entry.family.wants_gpu and text.startswith("CPU"):
+            warn = False
+        colour = "#e0a030" if warn else "#8c8"
+        self.device_label.setText(f"<span style='color:{colour}'>will use: {text}</span>")
+
+    # -- inputs ------------------------------------------------------------------
+    def collect_inputs(self) -> Inputs:
+        from ..errors import InputError
+
+        name = self.image_combo.value
+        if not name or name not in self.viewer.layers:
+            raise InputError("pick an input image layer first (File > Open a scan)")
+        layer = self.viewer.layers[name]
+        image = self._volume_of(layer)
+        refs = []
+        if self.ref_select is not None:
+            for ref_name in self.ref_select.value or []:
+                if ref_name == name:
+                    raise InputError("the reference cannot be the input layer itself")
+                refs.append(self._volume_of(self.viewer.layers[ref_name]))
+        points = None
+        if self.points_combo is not None and self.points_combo.value not in (None, NONE):
+            pl = self.viewer.layers[self.points_combo.value]
+            world = [pl.data_to_world(p) for p in np.asarray(pl.data)]
+            points = np.array([layer.world_to_data(w) for w in world], dtype=float).reshape(-1, 3)
+            if points.size == 0:
+                points = None
+        mask = None
+        if self.mask_combo is not None and self.mask_combo.value not in (None, NONE):
+            ml = self.viewer.layers[self.mask_combo.value]
+            mvol = layer_to_volume(ml)
+            mask = mvol.with_data(np.asarray(mvol.data) > 0, name=ml.name)
+        return Inputs(image=image, references=refs, points=points, mask=mask)
+
+    @staticmethod
+    def _volume_of(layer: Any):
+        """The layer as a Volume; RGB and Labels layers are refused with a clear message."""
+        from ..errors import InputError
+
+        if getattr(layer, "rgb", False):
+            raise InputError(f"layer '{layer.name}' is an RGB(A) image; MedGen needs a single-channel 3D scan")
+        if type(layer).__name__ == "Labels":
+            raise InputError(f"layer '{layer.name}' is a Labels layer; pick an image layer (labels are masks)")
+        return layer_to_volume(layer)
+
+    # -- running -----------------------------------------------------------------
+    def run(self) -> None:
+        """Start the chosen family on the chosen inputs (Run button)."""
+        if self._running:
+            return
+        entry = self.entry
+        if entry is None:
+            self._fail(f"no {self.task.value} family is installed")
+            return
+        try:
+            inputs = self.collect_inputs()
+            params = entry.family.resolve_params(self.params())
+        except MedGenError as exc:
+            self._fail(str(exc))
+            return
+        device = self.device_combo.value
+        seed = int(self.seed_box.value)
+        budget = float(self.budget_box.value) or None
+        self._cancel = threading.Event()
+        self._set_running(True, entry.family)
+        bridge = self._bridge
+        cancel = self._cancel
+
+        def job() -> Result:
+            from ..runner import run_family
+
+            return run_family(
+                entry.family,
+                inputs,
+                params,
+                device=device,
+                seed=seed,
+                time_budget=budget,
+                progress=lambda d, t, m: bridge.progressed.emit(d, t, m),
+                cancel_event=cancel,
+                package=entry.package,
+            )
+
+        if _synchronous():
+            try:
+                result = job()
+            except BaseException as exc:  # noqa: BLE001 - reported in the dock
+                self._on_error(exc)
+            else:
+                self._on_done(result)
+            return
+        from napari.qt.threading import create_worker
+
+        worker = create_worker(job, _start_thread=False, _ignore_errors=True)  # errors go to the dock
+        worker.returned.connect(self._on_done)
+        worker.errored.connect(self._on_error)
+        self._worker = worker
+        worker.start()
+
+    def cancel(self) -> None:
+        """Ask the running family to stop; no partial layer is added."""
+        if self._running:
+            self._cancel.set()
+            self.status.setText("Cancelling...")
+            self.cancel_button.setEnabled(False)
+
+    def _set_running(self, running: bool, family: ModelFamily | None = None) -> None:
+        self._running = running
+        self.run_button.setEnabled(not running and bool(self._entries))
+        self.cancel_button.setEnabled(running)
+        self.family_combo.enabled = not running
+        if running:
+            self.progress_bar.setValue(0)
+            self.status.setText(f"Running {family.display_name if family else ''}...")
+            try:
+                from napari.utils import progress
+
+                self._pbar = progress(total=100, desc=f"MedGen {self.task.title}")
+            except Exception:  # pragma: no cover - progress is cosmetic
+                self._pbar = None
+        else:
+            if self._pbar is not None:
+                self._pbar.close()
+                self._pbar = None
+            self._worker = None
+
+    def _on_progress(self, done: int, total: int, message: str) -> None:
+        pct = int(round(100 * done / max(total, 1)))
+        self.progress_bar.setValue(max(0, min(100, pct)))
+        if message:
+            self.status.setText(message)
+        if self._pbar is not None:
+            self._pbar.set_description(f"MedGen {self.task.title}: {message}"[:80])
+            self._pbar.n = max(0, min(100, pct))
+            self._pbar.refresh()
+
+    def _on_done(self, result: Result) -> None:
+        self._set_running(False)
+        self.last_result = result
+        self.last_error = ""
+        added = self.add_result_layers(result)
+        self.progress_bar.setValue(100)
+        prov = result.info.get("provenance", {})
+        extra = ""
+        if "regions" in result.info:
+            extra = f"; {len(result.info['regions'])} candidate region(s)"
+        if "lesions" in result.info:
+            extra = f"; {len(result.info['lesions'])} lesion(s)"
+        self.status.setText(
+            f"Done in {prov.get('elapsed_s', 0):.1f} s on {prov.get('device', '?')}: added "
+            + ", ".join(f"'{name}'" for name in added)
+            + extra
+        )
+
+    def _on_error(self, exc: BaseException) -> None:
+        self._set_running(False)
+        if isinstance(exc, Cancelled):
+            self.last_error = "cancelled"
+            self.progress_bar.setValue(0)
+            self.status.setText("Cancelled; nothing was added.")
+            return
+        msg = str(exc) if isinstance(exc, MedGenError) else f"internal error: {type(exc).__name__}: {exc}"
+        if not isinstance(exc, MedGenError):
+            log.exception("MedGen run failed", exc_info=exc)
+        self._fail(msg)
+
+    def _fail(self, message: str) -> None:
+        self.last_error = message
+        self.status.setText(f"<span style='color:#e55'>Error: {message}</span>")
+        try:
+            from napari.utils.notifications import show_error
+
+            show_error(f"MedGen: {message}")
+        except Exception:  # pragma: no cover - notification is cosmetic
+            pass
+
+    def add_result_layers(self, result: Result) -> list[str]:
+        """Add each output as a new layer beside the input; returns the layer names."""
+        from napari.layers import Layer
+
+        names = []
+        for out in result.outputs:
+            data, kwargs, layer_type = volume_to_layer_data(
+                out.volume, kind="labels" if out.kind == "labels" else "image", name=out.volume.name or out.name
+            )
+            if out.kind == "heatmap":
+                kwargs.setdefault("colormap", "inferno")
+                kwargs.setdefault("blending", "additive")
+            for key, value in out.display.items():
+                kwargs[key] = value
+            layer = Layer.create(data, kwargs, layer_type)
+            self.viewer.add_layer(layer)
+            names.append(layer.name)
+        return names

@@ -1,0 +1,232 @@
+"""The docks, opened through the manifest as a user would, driving a real viewer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_medgen.demo import DOCKS, PLUGIN
+from napari_medgen.io.napari_io import volume_to_layer_data
+
+
+def add_volume(viewer, volume, name=None):
+    data, kwargs, _ = volume_to_layer_data(volume, name=name or volume.name)
+    return viewer.add_image(data, **kwargs)
+
+
+def open_dock(viewer, name):
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+    return widget
+
+
+@pytest.fixture
+def viewer(make_napari_viewer, sync_workers):
+    return make_napari_viewer()
+
+
+def test_all_five_docks_open_with_their_families(viewer):
+    widgets = {name: open_dock(viewer, name) for name in DOCKS}
+    sr = widgets["Super-resolution"]
+    assert {"classic.linear", "classic.cubic"} <= {e.id for e in sr._entries}
+    assert sr.device_combo.choices == ("auto", "cpu", "cuda", "mps")
+    assert "CPU" in sr.device_label.text()
+    assert widgets["Harmonize"].ref_select is not None
+    assert widgets["Insert lesions"].points_combo is not None and widgets["Insert lesions"].mask_combo is not None
+    rows = widgets["Model families"].rows()
+    assert ("classic.cubic", "superres", "0.1.0", "medgen-classic", "ok") in rows
+
+
+def test_params_form_follows_family(viewer):
+    w = open_dock(viewer, "Super-resolution")
+    w.select_family("classic.cubic")
+    assert set(w.params()) == {p.name for p in w.entry.family.params}
+
+
+def test_superres_dock_adds_resampled_layer_and_leaves_input(viewer, thick_phantom):
+    layer = add_volume(viewer, thick_phantom)
+    before = np.array(layer.data, copy=True)
+    w = open_dock(viewer, "Super-resolution")
+    w.image_combo.value = layer.name
+    assert "3 x 1 x 1 mm" in w.summary.text() or "spacing 3" in w.summary.text()
+    w.select_family("classic.cubic")
+    w.run()
+    assert w.last_error == ""
+    out = viewer.layers[-1]
+    assert out is not layer
+    np.testing.assert_allclose(out.scale, (1.0, 1.0, 1.0))
+    assert out.data.shape == (36, 40, 40)
+    # the result overlays the input: world bounding boxes agree within half an output voxel
+    lo_in = np.asarray(layer.translate) - np.asarray(layer.scale) / 2
+    lo_out = np.asarray(out.translate) - np.asarray(out.scale) / 2
+    np.testing.assert_allclose(lo_in, lo_out, atol=0.5 + 1e-6)
+    prov = out.metadata["medgen"]
+    assert prov["family"] == "classic.cubic" and prov["input"] == layer.name
+    np.testing.assert_array_equal(layer.data, before)
+
+
+def test_anomaly_dock_gives_heatmap_and_regions(viewer, phantom):
+    image = phantom[0]
+    data = image.data.copy()
+    data[10:14, 18:22, 18:22] += 0.8
+    add_volume(viewer, image.with_data(data), "scan")
+    w = open_dock(viewer, "Anomaly map")
+    w.image_combo.value = "scan"
+    n = len(viewer.layers)
+    w.run()
+    assert w.last_error == ""
+    new = list(viewer.layers)[n:]
+    kinds = {type(layer).__name__ for layer in new}
+    assert kinds == {"Image", "Labels"}
+    heat = next(layer for layer in new if type(layer).__name__ == "Image")
+    assert heat.colormap.name == "inferno" and heat.blending == "additive"
+    assert heat.data[12, 20, 20] > heat.data[5, 20, 20]
+
+
+def test_harmonize_dock_with_reference(viewer, phantom):
+    image = phantom[0]
+    add_volume(viewer, image, "scan")
+    add_volume(viewer, image.with_data(image.data * 4.0 + 1.0), "reference")
+    w = open_dock(viewer, "Harmonize")
+    w.image_combo.value = "scan"
+    w.select_family("classic.nyul")
+    w.run()
+    assert "needs at least 1 reference" in w.last_error
+    w.ref_select.value = ["reference"]
+    w.run()
+    assert w.last_error == ""
+    out = viewer.layers[-1]
+    assert out.data.max() > 2.0
+
+
+def test_lesion_dock_from_points_matches_cli_result(viewer, phantom, tmp_path):
+    image = phantom[0]
+    layer = add_volume(viewer, image, "scan")
+    centre = np.array(image.shape) // 2
+    world = layer.data_to_world(centre)
+    viewer.add_points([world], name="clicks")
+    w = open_dock(viewer, "Insert lesions")
+    w.image_combo.value = "scan"
+    w.points_combo.value = "clicks"
+    w.set_params(placement="points", diameter_mm=6.0)
+    w.seed_box.value = 5
+    w.run()
+    assert w.last_error == "", w.last_error
+    mask = viewer.layers[-1]
+    lesioned = viewer.layers[-2]
+    assert type(mask).__name__ == "Labels"
+    assert mask.data[tuple(centre)] > 0
+    np.testing.assert_allclose(mask.scale, layer.scale)
+    # same family, params and seed on the CLI path give the same voxels
+    from napari_medgen import Inputs
+    from napari_medgen.registry import get_registry
+    from napari_medgen.runner import run_family
+
+    fam = get_registry().get("classic.procedural").family
+    res = run_family(fam, Inputs(image=image, points=centre[None].astype(float)),
+                     {"placement": "points", "diameter_mm": 6.0}, seed=5)
+    np.testing.assert_allclose(res.outputs[0].volume.data, lesioned.data, atol=1e-6)
+
+
+@pytest.mark.parametrize("case", ["2d", "4d", "rgb", "nan", "constant"])
+def test_bad_layers_give_a_message_and_no_layer(viewer, case):
+    rng = np.random.default_rng(0)
+    if case == "2d":
+        viewer.add_image(rng.random((32, 32)), name="bad")
+    elif case == "4d":
+        viewer.add_image(rng.random((2, 6, 16, 16)), name="bad")
+    elif case == "rgb":
+        viewer.add_image((rng.random((16, 16, 3)) * 255).astype(np.uint8), name="bad", rgb=True)
+    elif case == "nan":
+        d = rng.random((6, 16, 16))
+        d[0, 0, 0] = np.nan
+        viewer.add_image(d, name="bad")
+    else:
+        viewer.add_image(np.ones((6, 16, 16)), name="bad")
+    w = open_dock(viewer, "Anomaly map")
+    w.image_combo.value = "bad"
+    n = len(viewer.layers)
+    w.run()
+    assert w.last_error
+    assert len(viewer.layers) == n
+    assert w.run_button.isEnabled()
+    expected = {"2d": "2D", "4d": "4D", "rgb": "RGB", "nan": "NaN", "constant": "constant"}[case]
+    assert expected in w.last_error
+
+
+def test_labels_layer_is_not_offered_as_image(viewer, phantom):
+    viewer.add_labels(phantom[1], name="seg")
+    w = open_dock(viewer, "Anomaly map")
+    assert "seg" not in w.image_combo.choices
+
+
+def test_failing_family_reports_and_reenables(viewer, phantom, with_fake_plugins):
+    add_volume(viewer, phantom[0], "scan")
+    w = open_dock(viewer, "Harmonize")
+    w.refresh_families()
+    w.image_combo.value = "scan"
+    w.ref_select.value = ["scan"]
+    w.select_family("fake.echo")
+    w.run()
+    assert "cannot be the input layer itself" in w.last_error
+    add_volume(viewer, phantom[0], "ref")
+    w.ref_select.value = ["ref"]
+    w.select_family("fake.explodes")
+    n = len(viewer.layers)
+    w.run()
+    assert "ZeroDivisionError" in w.last_error
+    assert len(viewer.layers) == n and w.run_button.isEnabled()
+
+
+def test_cancel_in_a_thread_worker_leaves_no_layer(make_napari_viewer, qtbot, phantom, with_fake_plugins):
+    viewer = make_napari_viewer()
+    add_volume(viewer, phantom[0], "scan")
+    w = open_dock(viewer, "Anomaly map")
+    w.refresh_families()
+    w.image_combo.value = "scan"
+    w.select_family("fake.slow")
+    n = len(viewer.layers)
+    w.run()
+    assert w.cancel_button.isEnabled()
+    qtbot.waitUntil(lambda: w.progress_bar.value() > 0, timeout=5000)
+    w.cancel()
+    qtbot.waitUntil(lambda: not w._running, timeout=3000)  # cancel acts within a second or so
+    assert w.last_error == "cancelled"
+    assert len(viewer.layers) == n
+    assert w.run_button.isEnabled()
+
+
+def test_families_panel_shows_plugin_errors_and_reload_refreshes_docks(viewer):
+    import fake_plugins.echo
+    import fake_plugins.typo_hook
+    from conftest import project_registry
+
+    from napari_medgen import registry as reg_mod
+
+    dock = open_dock(viewer, "Anomaly map")
+    panel = open_dock(viewer, "Model families")
+    assert "fake.slow" not in [e.id for e in dock._entries]
+    reg_mod.set_registry(project_registry(extra=[("typo", fake_plugins.typo_hook), ("fake-echo", fake_plugins.echo)]))
+    panel.reload()
+    assert "fake.slow" in [e.id for e in dock._entries]
+    rows = panel.rows()
+    assert any(r[0] == "plugin 'typo'" and r[4].startswith("error") for r in rows)
+    assert "1 plugin problem" in panel.errors_label.text()
+
+
+def test_open_and_save_nifti_through_the_viewer(viewer, tmp_path):
+    import nibabel as nib
+
+    affine = np.diag([0.9, 0.9, 5.0, 1.0])
+    affine[:3, 3] = (-90.0, -100.0, -40.0)
+    data = np.random.default_rng(0).random((20, 24, 8)).astype(np.float32)
+    src = tmp_path / "scan.nii.gz"
+    nib.save(nib.Nifti1Image(data, affine), src)
+    layers = viewer.open(str(src), plugin=PLUGIN)
+    layer = layers[0]
+    np.testing.assert_allclose(layer.scale, (5.0, 0.9, 0.9))
+    np.testing.assert_allclose(layer.translate, (-40.0, -100.0, -90.0))
+    out = tmp_path / "saved.nii.gz"
+    viewer.layers.save(str(out), selected=False, plugin=PLUGIN)
+    back = nib.load(out)
+    np.testing.assert_allclose(back.affine, affine, atol=1e-5)
+    np.testing.assert_allclose(back.get_fdata(), data, atol=1e-6)
