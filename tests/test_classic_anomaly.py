@@ -100,7 +100,8 @@ def test_references_set_the_residual_scale(phantom_blob):
     result = run(image, refs=[normal])
     assert result.info["scale_from"] == "1 reference scan(s)"
     assert np.linalg.norm(np.subtract(result.info["regions"][0]["centroid_index"], BLOB_CENTRE)) < 2.0
-    noisy_ref = normal.with_data(normal.data + np.random.default_rng(0).normal(0, 0.1, normal.shape).astype(np.float32))
+    extra_noise = np.random.default_rng(0).normal(0, 0.1, normal.shape).astype(np.float32)
+    noisy_ref = normal.with_data(normal.data + extra_noise)
     calmer = run(image, refs=[noisy_ref])
     assert calmer.info["residual_scale"] > 2 * result.info["residual_scale"]
     assert calmer.outputs[0].volume.data.max() < 0.5 * result.outputs[0].volume.data.max()

@@ -51,7 +51,8 @@ def test_hook_registers_one_documented_family():
     assert len(registered) == 1
     family = registered[0]
     assert isinstance(family, ModelFamily)
-    assert (family.id, family.task, family.display_name) == ("template.zscore", Task.HARMONIZE, "Z-score to reference")
+    assert (family.id, family.task) == ("template.zscore", Task.HARMONIZE)
+    assert family.display_name == "Z-score to reference"
     assert family.version == "0.1.0" and family.license == "BSD-3-Clause"
     assert family.intended_use == RESEARCH_USE and family.wants_gpu is False
     assert family.input_spec("references").required

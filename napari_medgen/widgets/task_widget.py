@@ -211,8 +211,11 @@ class TaskWidget(QWidget):
         images = self._layers_of("image")
         current = self.image_combo.value
         self.image_combo.choices = images
+        active = self.viewer.layers.selection.active
         if current in images:
             self.image_combo.value = current
+        elif active is not None and active.name in images:
+            self.image_combo.value = active.name  # default: the layer the user is looking at
         if self.ref_select is not None:
             keep = [v for v in (self.ref_select.value or []) if v in images]
             self.ref_select.choices = images

@@ -32,7 +32,7 @@ from .masks import foreground_mask
 __all__ = ["IntensityOutlier", "local_median", "median_window"]
 
 _MAD_TO_SIGMA = 1.4826
-_CHUNK_VOXELS = 1_500_000
+_CHUNK_VOXELS = 600_000
 #: at most this many regions are described one by one in ``result.info["regions"]``
 MAX_LISTED_REGIONS = 200
 
@@ -88,7 +88,7 @@ def _relative_residual(
     data: np.ndarray, spacing: Sequence[float], median_mm: float, ctx: RunContext, progress: tuple[int, int, int]
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """(residual / foreground level, foreground mask, foreground level) of one scan."""
-    fg = foreground_mask(data, spacing)
+    fg = foreground_mask(data, spacing, check=ctx.check_cancelled)
     if not fg.any():
         raise InputError("no foreground found in the scan; is it empty?")
     arr = np.asarray(data, dtype=np.float32)
@@ -213,28 +213,34 @@ class IntensityOutlier(ModelFamily):
 
     @staticmethod
     def _regions(image, heat: np.ndarray, threshold: float, min_mm3: float) -> tuple[np.ndarray, list[dict], int]:
-        """Connected components above ``threshold``, small ones dropped, relabelled by peak."""
+        """Connected components above ``threshold``, small ones dropped, relabelled by peak.
+
+        Statistics are gathered over the candidate voxels only (never a full-volume sort).
+        """
         raw, n = ndimage.label(heat > threshold, structure=np.ones((3, 3, 3), dtype=bool))
         voxel_mm3 = float(np.prod(image.spacing))
         if n == 0:
             return np.zeros(heat.shape, dtype=np.uint16), [], 0
-        sizes = np.bincount(raw.ravel(), minlength=n + 1)
+        flat_idx = np.flatnonzero(raw)
+        lab = raw.ravel()[flat_idx]
+        sizes = np.bincount(lab, minlength=n + 1)
+        peaks_all = np.zeros(n + 1)
+        np.maximum.at(peaks_all, lab, heat.ravel()[flat_idx])
         index = np.arange(1, n + 1)
         keep = index[sizes[1:] * voxel_mm3 >= min_mm3]
         if keep.size == 0:
             return np.zeros(heat.shape, dtype=np.uint16), [], 0
-        peaks = np.asarray(ndimage.maximum(heat, raw, keep), dtype=float)
-        order = keep[np.argsort(-peaks, kind="stable")]
-        peaks_sorted = np.sort(peaks)[::-1]
+        order = keep[np.argsort(-peaks_all[keep], kind="stable")]
         dtype = np.uint16 if order.size < np.iinfo(np.uint16).max else np.uint32
         lut = np.zeros(n + 1, dtype=dtype)
         lut[order] = np.arange(1, order.size + 1, dtype=dtype)
         labels = lut[raw]
         del raw
+        # centroids from per-label coordinate sums
+        coords = np.unravel_index(flat_idx, heat.shape)
+        sums = np.stack([np.bincount(lab, weights=c, minlength=n + 1) for c in coords], axis=1)
         listed = min(order.size, MAX_LISTED_REGIONS)
-        new_ids = np.arange(1, listed + 1)
-        ones = np.ones(labels.shape, dtype=np.uint8)
-        centroids = np.atleast_2d(np.asarray(ndimage.center_of_mass(ones, labels, new_ids), dtype=float))
+        centroids = sums[order[:listed]] / sizes[order[:listed], None]
         world = image.index_to_world(centroids)
         regions = []
         for k in range(listed):
@@ -244,7 +250,7 @@ class IntensityOutlier(ModelFamily):
                     "label": k + 1,
                     "voxels": vox,
                     "volume_mm3": vox * voxel_mm3,
-                    "peak_z": float(peaks_sorted[k]),
+                    "peak_z": float(peaks_all[order[k]]),
                     "centroid_index": [float(v) for v in centroids[k]],
                     "centroid_world_mm": [float(v) for v in world[k]],
                 }

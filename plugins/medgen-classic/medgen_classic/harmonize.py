@@ -39,7 +39,9 @@ def parse_landmarks(text: str) -> np.ndarray:
     try:
         values = np.array([float(p) for p in str(text).replace(" ", ",").split(",") if p.strip()])
     except ValueError:
-        raise ParamError(f"landmarks must be comma-separated percentiles such as '1,10,50,90,99'; got {text!r}") from None
+        raise ParamError(
+            f"landmarks must be comma-separated percentiles such as '1,10,50,90,99'; got {text!r}"
+        ) from None
     if values.size < 3:
         raise ParamError(f"landmarks needs at least three percentiles (low, middle, high); got {text!r}")
     if not np.all(np.isfinite(values)) or values.min() < 0 or values.max() > 100:
@@ -96,7 +98,7 @@ def _sample(values: np.ndarray) -> np.ndarray:
     return np.asarray(values[::step], dtype=np.float64)
 
 
-def _image_foreground(inputs: Inputs) -> tuple[np.ndarray, str]:
+def _image_foreground(inputs: Inputs, ctx: RunContext) -> tuple[np.ndarray, str]:
     """The input's foreground: the given mask (non-zero voxels) or the automatic Otsu mask."""
     image = inputs.image
     if inputs.mask is not None:
@@ -110,7 +112,7 @@ def _image_foreground(inputs: Inputs) -> tuple[np.ndarray, str]:
         if not fg.any():
             raise InputError("the mask is empty: it has no non-zero voxel")
         return fg, "given mask"
-    return foreground_mask(image.data, image.spacing), "automatic (Otsu)"
+    return foreground_mask(image.data, image.spacing, check=ctx.check_cancelled), "automatic (Otsu)"
 
 
 def _foreground_values(data: np.ndarray, fg: np.ndarray, what: str) -> np.ndarray:
@@ -151,7 +153,7 @@ class _HarmonizeFamily(ModelFamily):
         out = []
         for i, ref in enumerate(inputs.references):
             ctx.progress(i, len(inputs.references) + 2, f"reference {i + 1}/{len(inputs.references)}: foreground")
-            fg = foreground_mask(ref.data, ref.spacing)
+            fg = foreground_mask(ref.data, ref.spacing, check=ctx.check_cancelled)
             values = _foreground_values(ref.data, fg, f"reference {i + 1} ({ref.name or 'unnamed'})")
             data = np.asarray(ref.data)
             out.append((values, np.array([float(data.min()), float(data.max())])))
@@ -195,7 +197,7 @@ class HistogramMatching(_HarmonizeFamily):
         image = inputs.image
         refs = self._references(inputs, ctx)
         n_refs = len(refs)
-        fg, mask_source = _image_foreground(inputs)
+        fg, mask_source = _image_foreground(inputs, ctx)
         src_values = _foreground_values(image.data, fg, "image")
         ref_values = np.concatenate([r[0] for r in refs])
         q = np.linspace(0.0, 1.0, int(params.get("n_quantiles", 1024)))
@@ -265,7 +267,7 @@ class NyulStandardisation(_HarmonizeFamily):
             raise InputError("a reference has identical low and high landmarks (a flat foreground histogram)")
         mapped = s1 + (ref_landmarks - ref_landmarks[:, :1]) * ((s2 - s1) / spans[:, None])
         standard = mapped.mean(axis=0)
-        fg, mask_source = _image_foreground(inputs)
+        fg, mask_source = _image_foreground(inputs, ctx)
         in_landmarks = np.percentile(_foreground_values(image.data, fg, "image"), pct)
         if in_landmarks[-1] <= in_landmarks[0]:
             raise InputError("the image's foreground is flat between the low and high landmarks; nothing to map")

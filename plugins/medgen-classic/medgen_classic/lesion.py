@@ -8,7 +8,7 @@ by a smoothed random field; it is evaluated only inside its own bounding box.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from scipy import ndimage
@@ -27,7 +27,7 @@ from napari_medgen import (
     Volume,
 )
 
-from .masks import foreground_mask
+from .masks import ellipsoid_structure, foreground_mask
 
 __all__ = ["ProceduralLesion", "estimate_noise_sigma"]
 
@@ -36,7 +36,9 @@ _MAD_TO_SIGMA = 1.4826
 MAX_BOX_VOXELS = 60_000_000
 
 
-def estimate_noise_sigma(data: np.ndarray, fg: np.ndarray | None) -> float:
+def estimate_noise_sigma(
+    data: np.ndarray, fg: np.ndarray | None, check: Callable[[], None] | None = None
+) -> float:
     """Noise standard deviation from the MAD of a high-pass residual inside ``fg``.
 
     The residual is the 6-neighbour Laplacian (voxel minus the mean of its face
@@ -53,6 +55,8 @@ def estimate_noise_sigma(data: np.ndarray, fg: np.ndarray | None) -> float:
             idx[axis] = side
             kernel[tuple(idx)] = -1.0 / 6.0
     resid = ndimage.convolve(arr, kernel, mode="nearest")
+    if check is not None:
+        check()
     region = fg if fg is not None and fg.any() else np.ones(arr.shape, dtype=bool)
     grad = ndimage.gaussian_gradient_magnitude(arr, sigma=1.5, mode="nearest")
     flat = region & (grad <= np.median(grad[region]))
@@ -173,12 +177,34 @@ class ProceduralLesion(ModelFamily):
             return self._sample_in(region, n, rng)
         if not fg.any():
             raise InputError("no foreground found to place lesions in; give points or a mask")
-        depth = ndimage.distance_transform_edt(fg, sampling=image.spacing)
-        for r in (radius_mm, radius_mm / 2.0, 0.0):
-            region = depth > r
-            if region.any():
-                return self._sample_in(region, n, rng)
-        return self._sample_in(fg, n, rng)  # pragma: no cover - depth > 0 is fg itself
+        return self._sample_in_tissue(fg, n, radius_mm, np.asarray(image.spacing), rng)
+
+    @staticmethod
+    def _sample_in_tissue(fg: np.ndarray, n: int, radius_mm: float, spacing: np.ndarray, rng) -> np.ndarray:
+        """``n`` voxels of ``fg`` eroded by ``radius_mm`` (uniform, by rejection: no full-volume transform).
+
+        A candidate drawn uniformly from ``fg`` is kept when the whole ball of ``radius_mm``
+        around it lies in ``fg``; if the eroded region is too thin the radius is halved.
+        """
+        flat = np.flatnonzero(fg)
+        shape = np.asarray(fg.shape)
+        centres: list[np.ndarray] = []
+        for radius in (radius_mm, radius_mm / 2.0, radius_mm / 4.0, 0.0):
+            ball = ellipsoid_structure(radius, spacing) if radius > 0 else np.ones((1, 1, 1), dtype=bool)
+            half = np.asarray(ball.shape) // 2
+            for _ in range(max(200, 50 * n)):
+                if len(centres) == n:
+                    return np.asarray(centres, dtype=float)
+                c = np.asarray(np.unravel_index(int(flat[rng.integers(flat.size)]), fg.shape))
+                lo, hi = c - half, c + half + 1
+                if np.any(lo < 0) or np.any(hi > shape):
+                    continue
+                window = fg[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+                if np.all(window[ball]):
+                    centres.append(c)
+        while len(centres) < n:  # pragma: no cover - radius 0 always accepts inner voxels
+            centres.append(np.asarray(np.unravel_index(int(flat[rng.integers(flat.size)]), fg.shape)))
+        return np.asarray(centres, dtype=float)
 
     # -- run ---------------------------------------------------------------------
     def run(self, inputs: Inputs, params: dict[str, Any], ctx: RunContext) -> Result:
@@ -194,12 +220,11 @@ class ProceduralLesion(ModelFamily):
 
         mode = self._mode(params["placement"], inputs)
         ctx.progress(0, 1, "foreground and noise level")
-        fg = foreground_mask(data, spacing)
+        fg = foreground_mask(data, spacing, check=ctx.check_cancelled)
         ctx.check_cancelled()
         centres = self._centres(mode, inputs, fg, int(params["n_lesions"]), diameter / 2.0, rng)
         ctx.check_cancelled()
-        sigma = estimate_noise_sigma(data, fg)
-        offset = min(float(data.min()), 0.0)  # intensities are scaled above this floor (0 for MR)
+        sigma = estimate_noise_sigma(data, fg, check=ctx.check_cancelled)
         global_level = float(np.median(data[fg])) if fg.any() else float(np.median(data))
 
         out = np.array(data, dtype=np.float32, copy=True)
@@ -213,7 +238,7 @@ class ProceduralLesion(ModelFamily):
                 out, labels, data, fg, centre, i + 1, lin, spacing, rng,
                 diameter=diameter * max(0.05, 1.0 + jitter * rng.uniform(-1.0, 1.0)),
                 contrast=contrast, irregularity=irregularity, edge=edge, sigma=sigma,
-                offset=offset, global_level=global_level,
+                global_level=global_level,
             )
             record["centre_world_mm"] = [float(v) for v in image.index_to_world(centre)[0]]
             lesions.append(record)
@@ -236,7 +261,7 @@ class ProceduralLesion(ModelFamily):
 
     def _insert(
         self, out, labels, data, fg, centre, label, lin, spacing, rng, *, diameter, contrast,
-        irregularity, edge, sigma, offset, global_level,
+        irregularity, edge, sigma, global_level,
     ) -> dict[str, Any]:
         """Blend one lesion into ``out`` (in place) and write its label; return its record."""
         r_mean = diameter / 2.0
@@ -250,7 +275,9 @@ class ProceduralLesion(ModelFamily):
         hi = np.minimum(np.ceil(centre).astype(int) + half_vox + 1, np.asarray(data.shape))
         box_shape = tuple(int(v) for v in hi - lo)
         if int(np.prod(box_shape)) > MAX_BOX_VOXELS:
-            raise InputError(f"a {diameter:.0f} mm lesion needs too many voxels at this resolution; use a smaller diameter")
+            raise InputError(
+                f"a {diameter:.0f} mm lesion needs too many voxels at this resolution; use a smaller diameter"
+            )
         box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
 
         # offsets of the box voxels from the centre, in world mm, then in the lesion's frame
@@ -296,7 +323,8 @@ class ProceduralLesion(ModelFamily):
             level = float(np.median(local[shell]))
         else:
             level = global_level
-        target = offset + (level - offset) * (1.0 + contrast)
+        # level * (1 + contrast) for positive levels; for negative ones (CT fat) 'brighter' still means up
+        target = level + contrast * abs(level)
 
         region = out[box]
         noise = rng.standard_normal(box_shape).astype(np.float32)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -29,42 +29,55 @@ def ellipsoid_structure(radius_mm: float, spacing: Sequence[float]) -> np.ndarra
     return ball
 
 
-def foreground_mask(data: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> np.ndarray:
+def foreground_mask(
+    data: np.ndarray,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    check: Callable[[], None] | None = None,
+) -> np.ndarray:
     """Boolean head/tissue mask: Otsu on a lightly smoothed copy, holes filled, largest part kept.
 
     Steps: Gaussian smoothing (about 1 mm), Otsu threshold, largest 26-connected component,
     a small (2 mm) closing and a 3D hole fill. The input is never modified. If Otsu finds
     nothing (a nearly uniform image) every voxel above the minimum is returned instead.
+    ``check`` (e.g. ``ctx.check_cancelled``) is called between steps so a run can be cancelled.
     """
+    check = check or (lambda: None)
     sp = np.maximum(np.asarray(spacing, dtype=float), 1e-6)
     arr = np.asarray(data, dtype=np.float32)
     smooth = ndimage.gaussian_filter(arr, sigma=np.clip(1.0 / sp, 0.3, 3.0), mode="nearest")
-    finite = smooth[np.isfinite(smooth)]
-    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    check()
+    sample = smooth.ravel()[:: max(1, smooth.size // 2_000_000)]
+    sample = sample[np.isfinite(sample)]
+    lo, hi = (float(sample.min()), float(sample.max())) if sample.size else (0.0, 0.0)
     if hi <= lo:
         return np.ones(arr.shape, dtype=bool)
     # ignore extreme outliers (e.g. a few hot voxels) so they do not pull the threshold
-    p_lo, p_hi = np.percentile(finite[:: max(1, finite.size // 2_000_000)], [0.0, 99.9])
-    sample = np.clip(finite, p_lo, p_hi) if p_hi > p_lo else finite
+    p_lo, p_hi = np.percentile(sample, [0.0, 99.9])
+    if p_hi > p_lo:
+        sample = np.clip(sample, p_lo, p_hi)
     try:
         thr = float(threshold_otsu(sample))
     except ValueError:
         thr = lo
     fg = smooth > thr
+    del smooth
     if not fg.any():
         fg = arr > lo
         if not fg.any():
             return np.ones(arr.shape, dtype=bool)
+    check()
     labels, n = ndimage.label(fg, structure=np.ones((3, 3, 3), dtype=bool))
     if n > 1:
         sizes = np.bincount(labels.ravel())
         sizes[0] = 0
         fg = labels == int(np.argmax(sizes))
     del labels
+    check()
     # closing with padding, so objects that touch the border are not eroded there
     ball = ellipsoid_structure(2.0, sp)
     pad = [(h, h) for h in (np.asarray(ball.shape) // 2)]
     padded = np.pad(fg, pad, mode="edge")
     closed = ndimage.binary_closing(padded, structure=ball)
     fg = closed[tuple(slice(p, p + n) for (p, _), n in zip(pad, fg.shape))]
+    check()
     return ndimage.binary_fill_holes(fg)
