@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         viewer.open_sample(PLUGIN, "mni152_t1_thick")
         viewer.layers[0].visible = False
     viewer.dims.set_current_step(0, viewer.dims.nsteps[0] // 2)
+    # rows point up: anterior at the top of axial views, superior at the top of reformats
+    camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
+    camera.orientation2d = ("up", "right")
     docks = open_docks(viewer)
     docks[DOCKS[0]][0].raise_()
     if args.screenshot:

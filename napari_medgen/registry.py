@@ -21,7 +21,7 @@ import os
 import re
 import threading
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import pluggy

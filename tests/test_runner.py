@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 
-from napari_medgen import Cancelled, FamilyError, Inputs, ParamError, Volume
+from napari_medgen import Cancelled, FamilyError, Inputs, ParamError
 from napari_medgen.runner import run_family
 
 

@@ -230,3 +230,25 @@ def test_open_and_save_nifti_through_the_viewer(viewer, tmp_path):
     back = nib.load(out)
     np.testing.assert_allclose(back.affine, affine, atol=1e-5)
     np.testing.assert_allclose(back.get_fdata(), data, atol=1e-6)
+
+
+def test_template_plugin_installed_with_pip_appears_in_the_dock_and_runs(viewer, phantom):
+    """Real entry-point discovery (as after `pip install medgen-template`), then a run from the dock."""
+    from napari_medgen import registry as reg_mod
+
+    reg_mod.set_registry(None)  # the next lookup discovers installed plugins
+    image = phantom[0]
+    add_volume(viewer, image, "scan")
+    add_volume(viewer, image.with_data(image.data * 2.0 + 0.5), "reference")
+    w = open_dock(viewer, "Harmonize")
+    entry = next(e for e in w._entries if e.id == "template.zscore")
+    assert entry.package == "medgen-template"
+    w.image_combo.value = "scan"
+    w.ref_select.value = ["reference"]
+    w.select_family("template.zscore")
+    assert set(w.params()) == {"strength"}
+    w.run()
+    assert w.last_error == ""
+    out = viewer.layers[-1]
+    assert out.metadata["medgen"]["family"] == "template.zscore"
+    assert out.metadata["medgen"]["package"] == "medgen-template"

@@ -25,7 +25,7 @@ from napari_medgen import (
     Task,
 )
 
-from .masks import foreground_mask
+from .masks import foreground_mask, given_mask
 
 __all__ = ["HistogramMatching", "NyulStandardisation", "parse_landmarks", "apply_piecewise_linear"]
 
@@ -102,15 +102,7 @@ def _image_foreground(inputs: Inputs, ctx: RunContext) -> tuple[np.ndarray, str]
     """The input's foreground: the given mask (non-zero voxels) or the automatic Otsu mask."""
     image = inputs.image
     if inputs.mask is not None:
-        mask = np.asarray(inputs.mask.data)
-        if mask.shape != image.shape:
-            raise InputError(
-                f"the mask has shape {mask.shape} but the image has shape {image.shape}; "
-                "the mask must be on the image's grid"
-            )
-        fg = mask != 0
-        if not fg.any():
-            raise InputError("the mask is empty: it has no non-zero voxel")
+        fg = given_mask(inputs.mask, image)
         return fg, "given mask"
     return foreground_mask(image.data, image.spacing, check=ctx.check_cancelled), "automatic (Otsu)"
 

@@ -27,7 +27,7 @@ from napari_medgen import (
     Volume,
 )
 
-from .masks import ellipsoid_structure, foreground_mask
+from .masks import ellipsoid_structure, foreground_mask, given_mask
 
 __all__ = ["ProceduralLesion", "estimate_noise_sigma"]
 
@@ -165,15 +165,7 @@ class ProceduralLesion(ModelFamily):
         if mode == "points":
             return self._check_points(np.atleast_2d(inputs.points), image)
         if mode == "mask":
-            mask = np.asarray(inputs.mask.data)
-            if mask.shape != image.shape:
-                raise InputError(
-                    f"the mask has shape {mask.shape} but the image has shape {image.shape}; "
-                    "it must be on the image's grid"
-                )
-            region = mask != 0
-            if not region.any():
-                raise InputError("the mask is empty: it has no non-zero voxel to place lesions in")
+            region = given_mask(inputs.mask, image, "to place lesions in")
             return self._sample_in(region, n, rng)
         if not fg.any():
             raise InputError("no foreground found to place lesions in; give points or a mask")

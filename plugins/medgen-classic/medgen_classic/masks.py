@@ -8,6 +8,8 @@ import numpy as np
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
+from napari_medgen import InputError, Volume
+
 __all__ = ["foreground_mask", "ellipsoid_structure"]
 
 
@@ -81,3 +83,16 @@ def foreground_mask(
     fg = closed[tuple(slice(p, p + n) for (p, _), n in zip(pad, fg.shape))]
     check()
     return ndimage.binary_fill_holes(fg)
+
+
+def given_mask(mask: Volume, image: Volume, purpose: str = "") -> np.ndarray:
+    """A user-given mask as booleans on the image's grid; InputError if misplaced or empty."""
+    data = np.asarray(mask.data)
+    if data.shape != image.shape:
+        raise InputError(
+            f"the mask has shape {data.shape} but the image has shape {image.shape}; it must be on the image's grid"
+        )
+    region = data != 0
+    if not region.any():
+        raise InputError("the mask is empty: it has no non-zero voxel" + (f" {purpose}" if purpose else ""))
+    return region
