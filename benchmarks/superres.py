@@ -85,13 +85,13 @@ def main(argv: list[str] | None = None) -> int:
         "Ground truth: MNI152 2009a T1 at 1 mm (nilearn wheel) and a T2-like contrast built from its GM/WM maps; "
         "thick slices simulated along axis 0 (inferior-superior) with a Gaussian profile, FWHM = thickness; "
         "output at 1 mm isotropic. Brain = GM+WM probability > 0.5. HF ratio: through-plane spectral energy above "
-        "the thick acquisition's Nyquist frequency, output / truth (1 = as sharp as the truth, < 1 = blurred; '
+        "the thick acquisition's Nyquist frequency, output / truth (1 = as sharp as the truth, < 1 = blurred; "
         "interpolation kinks also add energy there, which is why linear can score above cubic). "
         "Time excludes the one-off torch import; peak memory is NumPy/Python allocations traced during the run.\n\n"
         + table
     )
-    write_section("Super-resolution", "make bench (python -m benchmarks.superres" + (" --quick" if args.quick else "")
-                  + ")", body)
+    command = "python -m benchmarks.superres" + (" --quick" if args.quick else "") + " (part of make bench)"
+    write_section("Super-resolution", command, body)
     return 0
 
 
