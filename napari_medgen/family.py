@@ -246,6 +246,7 @@ class RunContext:
         cancel_event: threading.Event | None = None,
         logger: logging.Logger | None = None,
         amp: bool = True,
+        metric: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.device = device
         self.seed = int(seed)
@@ -258,6 +259,7 @@ class RunContext:
         self.amp = amp
         self.started = time.perf_counter()
         self.events: list[dict[str, Any]] = []
+        self._metric = metric
 
     # -- reporting ---------------------------------------------------------------
     def progress(self, done: int, total: int, message: str = "") -> None:
@@ -267,8 +269,11 @@ class RunContext:
             self._progress(int(done), int(max(total, 1)), message)
 
     def log_metric(self, **values: Any) -> None:
-        """Record a metric (e.g. a training loss) that the dock can plot."""
-        self.events.append(dict(values, t=self.elapsed))
+        """Record a metric (e.g. a training loss) that the dock plots live."""
+        event = dict(values, t=self.elapsed)
+        self.events.append(event)
+        if self._metric is not None:
+            self._metric(event)
 
     def check_cancelled(self) -> None:
         if self.cancel_event.is_set():

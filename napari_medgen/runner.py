@@ -10,7 +10,7 @@ import logging
 import threading
 import traceback
 from dataclasses import replace
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -70,6 +70,7 @@ def run_family(
     cancel_event: threading.Event | None = None,
     package: str = "",
     context: RunContext | None = None,
+    metric: Callable[[dict[str, Any]], None] | None = None,
 ) -> Result:
     """Validate, run ``family`` and stamp every output with a provenance record.
 
@@ -83,7 +84,12 @@ def run_family(
 
     dev = resolve_device(device)
     ctx = context or RunContext(
-        device=dev, seed=seed, time_budget=time_budget, progress=progress, cancel_event=cancel_event
+        device=dev,
+        seed=seed,
+        time_budget=time_budget,
+        progress=progress,
+        cancel_event=cancel_event,
+        metric=metric,
     )
     ctx.device = dev
     started = _dt.datetime.now(_dt.timezone.utc)

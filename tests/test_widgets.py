@@ -252,3 +252,29 @@ def test_template_plugin_installed_with_pip_appears_in_the_dock_and_runs(viewer,
     out = viewer.layers[-1]
     assert out.metadata["medgen"]["family"] == "template.zscore"
     assert out.metadata["medgen"]["package"] == "medgen-template"
+
+
+def test_superres_dock_learned_family_shows_plan_loss_and_compare(viewer, thick_phantom):
+    layer = add_volume(viewer, thick_phantom, "thick")
+    w = open_dock(viewer, "Super-resolution")
+    assert w.entry.id == "medgen.selfsr"  # the learned family is the default
+    w.image_combo.value = "thick"
+    summary = w.summary.text()
+    assert "slice axis 0 (3 mm)" in summary and "1 x 1 x 1 mm" in summary and "3x" in summary
+    w.set_params(max_steps=30)
+    w.run()
+    assert w.last_error == "", w.last_error
+    out = viewer.layers[-1]
+    np.testing.assert_allclose(out.scale, (1.0, 1.0, 1.0))
+    assert out.data.shape == (36, 40, 40)
+    assert out.metadata["medgen"]["family"] == "medgen.selfsr"
+    assert len(w.loss_plot.points) >= 1 and w.loss_plot.isVisibleTo(w)
+    # one click: input and result side by side in a through-plane reformat
+    assert w.compare_button.isEnabled()
+    w.compare_button.click()
+    assert viewer.grid.enabled and tuple(viewer.grid.shape) == (1, 2)
+    assert viewer.dims.displayed[0] == 0  # the slice axis is on screen
+    visible = [layer_.name for layer_ in viewer.layers if layer_.visible]
+    assert visible == [layer.name, out.name]
+    w.compare_button.click()
+    assert not viewer.grid.enabled and viewer.dims.order == (0, 1, 2)

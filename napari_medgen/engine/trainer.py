@@ -235,6 +235,8 @@ class Trainer:
         eta = now / done * (total - done) if done else math.inf
         if budget is not None:
             eta = min(eta, max(0.0, budget - now))
+            if done and now > 0:  # the budget ends training first: count towards the steps it allows
+                total = max(done, min(total, int(round(done / now * budget))))
         loss_text = "..." if math.isnan(loss) else f"{loss:.4g}"
         eta_text = format_eta(eta) if math.isfinite(eta) else "?"
         self.ctx.progress(done, total, f"training: loss {loss_text}, ETA {eta_text}")

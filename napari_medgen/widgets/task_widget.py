@@ -32,6 +32,7 @@ from ..family import Inputs, ModelFamily, Param, Result, Task
 from ..io.napari_io import layer_to_volume, volume_to_layer_data
 from ..registry import FamilyEntry, get_registry
 from ._signals import registry_events
+from .loss_plot import LossPlot
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -82,6 +83,7 @@ class _Bridge(QObject):
     """Carries worker-thread events to the main thread (queued signal connections)."""
 
     progressed = Signal(int, int, str)
+    metric = Signal(object)
 
 
 class TaskWidget(QWidget):
@@ -102,6 +104,7 @@ class TaskWidget(QWidget):
         self.last_error: str = ""
         self._bridge = _Bridge()
         self._bridge.progressed.connect(self._on_progress)
+        self._bridge.metric.connect(self._on_metric)
         self._build()
         self.refresh_layers()
         self.refresh_families()
@@ -170,7 +173,7 @@ class TaskWidget(QWidget):
         self.seed_box = mw.SpinBox(value=0, min=0, max=2**31 - 1, tooltip="random seed: same seed, same result")
         form2.addRow("Seed", self.seed_box.native)
         self.budget_box = mw.FloatSpinBox(
-            value=0.0, min=0.0, max=86400.0, step=30.0, tooltip="training time budget in seconds (0 = no limit)"
+            value=0.0, min=0.0, max=86400.0, step=30.0, tooltip="training time budget in seconds for learned families (0 = the family preset's default)"
         )
         form2.addRow("Time budget (s)", self.budget_box.native)
         root.addLayout(form2)
@@ -187,10 +190,24 @@ class TaskWidget(QWidget):
         self.progress_bar.setRange(0, 100)
         self.progress_bar.setValue(0)
         root.addWidget(self.progress_bar)
+        self.loss_plot = LossPlot()
+        root.addWidget(self.loss_plot)
         self.status = QLabel("Ready.")
         self.status.setWordWrap(True)
         self.status.setTextInteractionFlags(Qt.TextSelectableByMouse)
         root.addWidget(self.status)
+        self.compare_button = None
+        if self.task is Task.SUPERRES:
+            self.compare_button = QPushButton("Compare input and result (2x1 reformat)")
+            self.compare_button.setToolTip(
+                "side-by-side grid of the input and the last result, in a through-plane reformat; "
+                "click again to go back"
+            )
+            self.compare_button.setEnabled(False)
+            self.compare_button.clicked.connect(self.toggle_compare)
+            root.addWidget(self.compare_button)
+        self._compare_state: dict[str, Any] | None = None
+        self._last_pair: tuple[str, str] | None = None
         note = QLabel("<small>Research use only; not for diagnosis.</small>")
         note.setStyleSheet("color: #888;")
         root.addWidget(note)
@@ -242,9 +259,33 @@ class TaskWidget(QWidget):
         sp = tuple(float(s) for s in layer.scale)
         text = f"shape {' x '.join(map(str, shape))}, spacing {' x '.join(f'{s:.3g}' for s in sp)} mm"
         if self.task is Task.SUPERRES and len(sp) == 3:
-            target = min(sp[1:]) if len(sp) == 3 else min(sp)
-            text += f"; default target {target:.3g} mm isotropic"
+            text += "<br>" + self._superres_plan(sp)
         self.summary.setText(text)
+
+    def _superres_plan(self, sp: tuple[float, ...]) -> str:
+        """What super-resolution will do: the detected slice axis and the output spacing."""
+        axis = int(np.argmax(sp))
+        inplane = [s for a, s in enumerate(sp) if a != axis]
+        choice = str(self.params().get("slice_axis", "auto"))
+        if choice in ("0", "1", "2"):
+            axis = int(choice)
+            inplane = [s for a, s in enumerate(sp) if a != axis]
+        if sp[axis] < 1.05 * min(inplane):
+            return "<span style='color:#e0a030'>no thick-slice axis: the spacing is (near-)isotropic</span>"
+        target_text = str(self.params().get("target_spacing", "auto")).strip().lower()
+        if target_text in ("", "auto"):
+            target = (min(inplane),) * 3
+        else:
+            try:
+                values = [float(v) for v in target_text.split(",")]
+                target = tuple(values) * 3 if len(values) == 1 else tuple(values)
+            except ValueError:
+                return f"<span style='color:#e55'>target spacing '{target_text}' is not understood</span>"
+        factor = sp[axis] / target[axis] if len(target) == 3 else float("nan")
+        return (
+            f"slice axis {axis} ({sp[axis]:.3g} mm) &rarr; target "
+            f"{' x '.join(f'{t:.3g}' for t in target[:3])} mm ({factor:.2g}x along the slices)"
+        )
 
     # -- families ----------------------------------------------------------------
     def _on_registry_reloaded(self) -> None:
@@ -291,8 +332,11 @@ class TaskWidget(QWidget):
             w = param_widget(p)
             self._param_widgets[p.name] = w
             self.params_box.append(w)
+            if p.name in ("target_spacing", "slice_axis"):
+                w.changed.connect(self._update_summary)
         self.budget_box.enabled = bool(fam.wants_gpu)
         self._update_device_label()
+        self._update_summary()
 
     def select_family(self, family_id: str) -> None:
         self.family_combo.value = family_id
@@ -389,6 +433,7 @@ class TaskWidget(QWidget):
                 seed=seed,
                 time_budget=budget,
                 progress=lambda d, t, m: bridge.progressed.emit(d, t, m),
+                metric=lambda event: bridge.metric.emit(event),
                 cancel_event=cancel,
                 package=entry.package,
             )
@@ -423,6 +468,7 @@ class TaskWidget(QWidget):
         self.family_combo.enabled = not running
         if running:
             self.progress_bar.setValue(0)
+            self.loss_plot.clear()
             self.status.setText(f"Running {family.display_name if family else ''}...")
             try:
                 from napari.utils import progress
@@ -446,11 +492,19 @@ class TaskWidget(QWidget):
             self._pbar.n = max(0, min(100, pct))
             self._pbar.refresh()
 
+    def _on_metric(self, event: dict) -> None:
+        if "loss" in event:
+            self.loss_plot.add(event.get("step", len(self.loss_plot.points)), event["loss"])
+
     def _on_done(self, result: Result) -> None:
         self._set_running(False)
         self.last_result = result
         self.last_error = ""
         added = self.add_result_layers(result)
+        prov_input = result.info.get("provenance", {}).get("input", "")
+        if self.compare_button is not None and added and prov_input in self.viewer.layers:
+            self._last_pair = (prov_input, added[0])
+            self.compare_button.setEnabled(True)
         self.progress_bar.setValue(100)
         prov = result.info.get("provenance", {})
         extra = ""
@@ -485,6 +539,39 @@ class TaskWidget(QWidget):
             show_error(f"MedGen: {message}")
         except Exception:  # pragma: no cover - notification is cosmetic
             pass
+
+    def toggle_compare(self) -> None:
+        """Input and result side by side (napari grid, linked camera) in a through-plane reformat."""
+        viewer = self.viewer
+        if self._compare_state is not None:  # back to how it was
+            state, self._compare_state = self._compare_state, None
+            viewer.grid.enabled = state["grid"]
+            viewer.dims.order = state["order"]
+            for layer in viewer.layers:
+                if layer.name in state["visible"]:
+                    layer.visible = state["visible"][layer.name]
+            self.compare_button.setText("Compare input and result (2x1 reformat)")
+            return
+        if self._last_pair is None or any(n not in viewer.layers for n in self._last_pair):
+            self._fail("run super-resolution first: there is no input/result pair to compare")
+            return
+        src_name, out_name = self._last_pair
+        self._compare_state = {
+            "grid": viewer.grid.enabled,
+            "order": tuple(viewer.dims.order),
+            "visible": {layer.name: layer.visible for layer in viewer.layers},
+        }
+        for layer in viewer.layers:
+            layer.visible = layer.name in (src_name, out_name)
+        # the slice axis (coarsest spacing) on screen: show it against one in-plane axis
+        scale = np.asarray(viewer.layers[src_name].scale)
+        slice_axis = int(np.argmax(scale[-3:])) + len(scale) - 3
+        others = [a for a in range(viewer.dims.ndim) if a != slice_axis]
+        viewer.dims.order = (others[-1], slice_axis, others[0]) if len(others) >= 2 else viewer.dims.order
+        viewer.grid.shape = (1, 2)
+        viewer.grid.stride = 1
+        viewer.grid.enabled = True
+        self.compare_button.setText("Back to the normal view")
 
     def add_result_layers(self, result: Result) -> list[str]:
         """Add each output as a new layer beside the input; returns the layer names."""
