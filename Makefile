@@ -11,7 +11,7 @@ SYSTEM_PACKAGES := xvfb xauth libgl1-mesa-dri libglx-mesa0 libegl1 libxkbcommon-
 	libxcb-image0 libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-xinerama0 \
 	libxcb-xfixes0 libxcb-shape0 libxcb-cursor0 libdbus-1-3 libfontconfig1
 
-.PHONY: setup system-deps test demo bench screenshot validate clean
+.PHONY: setup system-deps test demo bench eclare-env screenshot validate clean
 
 setup: $(STAMP)
 
@@ -50,8 +50,18 @@ screenshot: setup system-deps
 validate: setup
 	$(VENV)/bin/npe2 validate napari-medgen --imports
 
-bench: setup
-	$(PY) -m benchmarks.run_all
+# Peers run from their own virtual environment (ECLARE pins scipy 1.11 / numpy 1.26; GPL-3.0, never imported here)
+ECLARE_VENV ?= benchmarks/.venv-eclare
+$(ECLARE_VENV)/.installed:
+	test -x $(ECLARE_VENV)/bin/python || $(PYTHON) -m venv $(ECLARE_VENV)
+	if ! command -v nvidia-smi >/dev/null 2>&1; then $(ECLARE_VENV)/bin/python -m pip install -q "$(TORCH_CPU)"; fi
+	$(ECLARE_VENV)/bin/python -m pip install -q "eclare==1.0.1"
+	touch $@
+
+eclare-env: $(ECLARE_VENV)/.installed
+
+bench: setup eclare-env
+	ECLARE_PYTHON=$(ECLARE_VENV)/bin/python $(PY) -m benchmarks.run_all
 
 clean:
 	rm -rf $(VENV) dist build

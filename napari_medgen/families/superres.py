@@ -54,7 +54,7 @@ PRESETS: dict[str, Preset] = {
     "fast": Preset(channels=(16, 32, 64, 128), res_units=1, patch=64, batch=16, lr=2e-3,
                    train_seconds=180.0, max_steps=100_000, flips=False),
     # for a GPU (or a long CPU budget): a wider net, larger patches, flip averaging
-    "quality": Preset(channels=(32, 64, 128, 256), res_units=2, patch=96, batch=32, lr=1e-3,
+    "quality": Preset(channels=(32, 64, 128, 256), res_units=2, patch=96, batch=16, lr=1e-3,
                       train_seconds=1800.0, max_steps=1_000_000, flips=True),
 }
 
