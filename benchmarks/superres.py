@@ -84,7 +84,25 @@ def run_eclare(lr, truth, thick: float, gap: float, n_patches: int) -> tuple[np.
         data = ndimage.affine_transform(np.asarray(out.data, np.float32), mapping[:3, :3], mapping[:3, 3],
                                         output_shape=truth.shape, order=3, mode="nearest")
         note += f"; output grid offset {np.round(shift, 2).tolist()} voxels, resampled (cubic) onto the truth grid"
-    return data.astype(np.float32), seconds, peak, note
+    data = data.astype(np.float32)
+    keep = Path("benchmarks/out")
+    keep.mkdir(parents=True, exist_ok=True)
+    write_nifti(truth.with_data(data, name="eclare"), keep / f"eclare_{thick:g}mm_gap{gap:g}.nii.gz")
+    return data, seconds, peak, note
+
+
+def best_slice_shift(truth: np.ndarray, out: np.ndarray, mask: np.ndarray, data_range: float) -> tuple[float, float]:
+    """The sub-voxel shift along the slice axis (-2..2 voxels) that best aligns ``out`` with the truth.
+
+    A peer whose output content sits off its own affine is given the benefit of the doubt.
+    """
+    best = (0.0, psnr(truth, out, mask, data_range))
+    for shift in np.arange(-2.0, 2.01, 0.25):
+        moved = ndimage.shift(out, (shift, 0, 0), order=3, mode="nearest")
+        value = psnr(truth, moved, mask, data_range)
+        if value > best[1] + 1e-6:
+            best = (float(shift), value)
+    return best
 
 
 def run(methods: list[str], cases: list[str], contrasts: list[str], quality_budget: float, eclare_patches: int,
@@ -116,6 +134,13 @@ def run(methods: list[str], cases: list[str], contrasts: list[str], quality_budg
                         continue
                     out, seconds, peak, note = run_eclare(lr, truth, thick, gap, eclare_patches)
                     eclare_seconds = seconds
+                    shift, best = best_slice_shift(t, out, mask, rng)
+                    if shift != 0.0:
+                        note += (f"; as written {psnr(t, out, mask, rng):.2f} dB in the brain, best aligned after a "
+                                 f"{shift:+.2f}-voxel slice-axis shift (shown)")
+                        out = ndimage.shift(out, (shift, 0, 0), order=3, mode="nearest").astype(np.float32)
+                    else:
+                        note += "; aligned as written (no sub-voxel shift improves it)"
                 else:
                     if method.endswith(":quality") and (key not in eclare_cases or ckey != "t1"):
                         continue  # long runs only where they are compared with ECLARE

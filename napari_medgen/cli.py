@@ -247,6 +247,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"wrote {path} ({out.name}, shape {out.volume.shape}, spacing "
                   f"{', '.join(f'{s:.3g}' for s in out.volume.spacing)} mm)")
+    if result.info.get("warning"):
+        print(f"medgen: warning: {result.info['warning']}", file=sys.stderr)
     record = dict(result.info)
     record["outputs"] = {o.name: str(p) for o, p in zip(outs, paths)}
     stem, _ = _stem(paths[0])

@@ -512,11 +512,20 @@ class TaskWidget(QWidget):
             extra = f"; {len(result.info['regions'])} candidate region(s)"
         if "lesions" in result.info:
             extra = f"; {len(result.info['lesions'])} lesion(s)"
-        self.status.setText(
+        text = (
             f"Done in {prov.get('elapsed_s', 0):.1f} s on {prov.get('device', '?')}: added "
             + ", ".join(f"'{name}'" for name in added)
             + extra
         )
+        if result.info.get("warning"):  # a family's caveat about this result, e.g. a fallback
+            text += f"<br><span style='color:#e0a030'>Warning: {result.info['warning']}</span>"
+            try:
+                from napari.utils.notifications import show_warning
+
+                show_warning(f"MedGen: {result.info['warning']}")
+            except Exception:  # pragma: no cover - notification is cosmetic
+                pass
+        self.status.setText(text)
 
     def _on_error(self, exc: BaseException) -> None:
         self._set_running(False)
@@ -550,6 +559,7 @@ class TaskWidget(QWidget):
             for layer in viewer.layers:
                 if layer.name in state["visible"]:
                     layer.visible = state["visible"][layer.name]
+            viewer.reset_view()
             self.compare_button.setText("Compare input and result (2x1 reformat)")
             return
         if self._last_pair is None or any(n not in viewer.layers for n in self._last_pair):
@@ -571,6 +581,7 @@ class TaskWidget(QWidget):
         viewer.grid.shape = (1, 2)
         viewer.grid.stride = 1
         viewer.grid.enabled = True
+        viewer.reset_view()  # fit both panels
         self.compare_button.setText("Back to the normal view")
 
     def add_result_layers(self, result: Result) -> list[str]:
