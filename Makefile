@@ -6,7 +6,6 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.medgen-installed
 # CPU wheel of torch when there is no NVIDIA GPU (a bare `torch` would pull a CUDA build)
 TORCH_CPU ?= torch==2.13.0
-XVFB := $(shell command -v xvfb-run 2>/dev/null)
 SYSTEM_PACKAGES := xvfb xauth libgl1-mesa-dri libglx-mesa0 libegl1 libxkbcommon-x11-0 libxcb-icccm4 \
 	libxcb-image0 libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-xinerama0 \
 	libxcb-xfixes0 libxcb-shape0 libxcb-cursor0 libdbus-1-3 libfontconfig1
