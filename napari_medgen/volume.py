@@ -20,9 +20,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import InputError
+import math
 
-__all__ = ["Volume", "resample_geometry", "MIN_SPACING_MM", "MAX_SPACING_MM"]
+from .errors import InputError, ParamError
+
+__all__ = ["Volume", "resample_geometry", "parse_target_spacing", "MIN_SPACING_MM", "MAX_SPACING_MM"]
 
 #: Spacings outside this range (mm) are refused as a probable unit or header error.
 MIN_SPACING_MM = 1e-3
@@ -144,3 +146,27 @@ def resample_geometry(volume: Volume, target_spacing: Sequence[float]) -> tuple[
     affine[:3, :3] = direction * new_sp
     affine[:3, 3] = volume.index_to_world(start)[0]
     return (int(new_shape[0]), int(new_shape[1]), int(new_shape[2])), affine
+
+
+def parse_target_spacing(
+    text: str, input_spacing: Sequence[float], auto: float | None = None
+) -> tuple[float, float, float]:
+    """``"auto"`` (isotropic at ``auto``, default the finest input spacing), ``"1.0"`` or ``"z,y,x"`` in mm."""
+    raw = str(text).strip().lower()
+    if raw in ("", "auto"):
+        finest = float(min(input_spacing) if auto is None else auto)
+        return (finest, finest, finest)
+    parts = [p for p in raw.replace("x", ",").replace(" ", ",").split(",") if p]
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        raise ParamError(
+            f"target_spacing must be 'auto', one number or three numbers 'z,y,x' in mm; got {text!r}"
+        ) from None
+    if len(values) == 1:
+        values = values * 3
+    if len(values) != 3:
+        raise ParamError(f"target_spacing needs one or three numbers (z,y,x in mm); got {len(values)} in {text!r}")
+    if not all(math.isfinite(v) and v > 0 for v in values):
+        raise ParamError(f"target_spacing must be positive millimetres; got {text!r}")
+    return (values[0], values[1], values[2])

@@ -27,7 +27,7 @@ from scipy import ndimage
 
 from ..errors import InputError, ParamError, WeightsError
 from ..family import RESEARCH_USE, Inputs, ModelFamily, Output, Param, Result, RunContext, Task
-from ..volume import Volume, resample_geometry
+from ..volume import Volume, parse_target_spacing, resample_geometry
 
 __all__ = ["SelfSupervisedSR", "PRESETS", "bspline_resample_axis0", "degrade_axis0", "find_slice_axis"]
 
@@ -127,27 +127,6 @@ def find_slice_axis(spacing: tuple[float, ...], choice: str) -> int:
             "there is no thick-slice axis to super-resolve (pick the slice axis or use a classic resampler)"
         )
     return axis
-
-
-def _parse_target(text: str, axis: int, spacing: np.ndarray, hr: float) -> np.ndarray:
-    text = str(text).strip().lower()
-    target = spacing.copy()
-    if text in ("", "auto"):
-        target[:] = hr
-        return target
-    try:
-        values = [float(v) for v in text.replace(";", ",").split(",") if v.strip()]
-    except ValueError:
-        raise ParamError(f"target_spacing must be 'auto', one number or three numbers in mm, got {text!r}") from None
-    if len(values) == 1:
-        target[:] = values[0]
-    elif len(values) == 3:
-        target = np.asarray(values, dtype=float)
-    else:
-        raise ParamError(f"target_spacing must be 'auto', one number or three numbers in mm, got {text!r}")
-    if np.any(~np.isfinite(target)) or np.any(target <= 0):
-        raise ParamError(f"target_spacing must be positive, got {text!r}")
-    return target
 
 
 # -- the network ---------------------------------------------------------------------------------
@@ -292,7 +271,7 @@ class SelfSupervisedSR(ModelFamily):
         thickness = float(params["slice_thickness"]) or s_slice
         if thickness > 3 * s_slice:
             raise ParamError(f"slice_thickness {thickness} mm is implausible for a slice spacing of {s_slice} mm")
-        target = _parse_target(params["target_spacing"], axis, spacing, fine)
+        target = np.asarray(parse_target_spacing(params["target_spacing"], spacing, auto=fine))
 
         data = np.asarray(image.data, dtype=np.float32)
         lo, hi = (float(v) for v in np.percentile(data, [0.5, 99.5]))
@@ -430,7 +409,7 @@ class SelfSupervisedSR(ModelFamily):
         passes = len(flips) * (n_rows + n_cols)
         done = 0
         chunk = 8
-        roi = (min(256, _ceil8(up.shape[0])), 0)
+        slice_win = min(256, _ceil8(up.shape[0]))  # window length along the slice axis
         net = model.eval()
 
         class _Quiet:  # the engine's per-window progress is folded into ours (slices done)
@@ -453,7 +432,7 @@ class SelfSupervisedSR(ModelFamily):
                 for orient in (2, 1):  # planes (slice, rows) for each column, then (slice, cols) for each row
                     n = n_cols if orient == 2 else n_rows
                     other = n_rows if orient == 2 else n_cols
-                    win = (roi[0], min(256, _ceil8(other)))
+                    win = (slice_win, min(256, _ceil8(other)))
                     for start in range(0, n, chunk):
                         stop = min(n, start + chunk)
                         if orient == 2:

@@ -272,19 +272,17 @@ class TaskWidget(QWidget):
             inplane = [s for a, s in enumerate(sp) if a != axis]
         if sp[axis] < 1.05 * min(inplane):
             return "<span style='color:#e0a030'>no thick-slice axis: the spacing is (near-)isotropic</span>"
-        target_text = str(self.params().get("target_spacing", "auto")).strip().lower()
-        if target_text in ("", "auto"):
-            target = (min(inplane),) * 3
-        else:
-            try:
-                values = [float(v) for v in target_text.split(",")]
-                target = tuple(values) * 3 if len(values) == 1 else tuple(values)
-            except ValueError:
-                return f"<span style='color:#e55'>target spacing '{target_text}' is not understood</span>"
-        factor = sp[axis] / target[axis] if len(target) == 3 else float("nan")
+        from ..errors import ParamError
+        from ..volume import parse_target_spacing
+
+        try:
+            target = parse_target_spacing(str(self.params().get("target_spacing", "auto")), sp, auto=min(inplane))
+        except ParamError as exc:
+            return f"<span style='color:#e55'>{exc}</span>"
+        factor = sp[axis] / target[axis]
         return (
             f"slice axis {axis} ({sp[axis]:.3g} mm) &rarr; target "
-            f"{' x '.join(f'{t:.3g}' for t in target[:3])} mm ({factor:.2g}x along the slices)"
+            f"{' x '.join(f'{t:.3g}' for t in target)} mm ({factor:.2g}x along the slices)"
         )
 
     # -- families ----------------------------------------------------------------

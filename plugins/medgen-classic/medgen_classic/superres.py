@@ -24,13 +24,12 @@ from napari_medgen import (
     ModelFamily,
     Output,
     Param,
-    ParamError,
     Result,
     RunContext,
     Task,
     Volume,
 )
-from napari_medgen.volume import resample_geometry
+from napari_medgen.volume import parse_target_spacing, resample_geometry
 
 __all__ = ["LinearInterpolation", "CubicBSpline", "parse_target_spacing", "resample_separable"]
 
@@ -40,28 +39,6 @@ _SPLINE_PAD = 12
 MAX_OUTPUT_VOXELS = 1_000_000_000
 #: target number of output voxels per chunk (keeps temporaries at a few tens of MB)
 _CHUNK_VOXELS = 2_000_000
-
-
-def parse_target_spacing(text: str, input_spacing: Sequence[float]) -> tuple[float, float, float]:
-    """``"auto"`` (isotropic at the finest input spacing), ``"1.0"`` or ``"z,y,x"`` in mm."""
-    raw = str(text).strip().lower()
-    if raw in ("", "auto"):
-        finest = float(min(input_spacing))
-        return (finest, finest, finest)
-    parts = [p for p in raw.replace("x", ",").replace(" ", ",").split(",") if p]
-    try:
-        values = [float(p) for p in parts]
-    except ValueError:
-        raise ParamError(
-            f"target_spacing must be 'auto', one number or three numbers 'z,y,x' in mm; got {text!r}"
-        ) from None
-    if len(values) == 1:
-        values = values * 3
-    if len(values) != 3:
-        raise ParamError(f"target_spacing needs one or three numbers (z,y,x in mm); got {len(values)} in {text!r}")
-    if not all(math.isfinite(v) and v > 0 for v in values):
-        raise ParamError(f"target_spacing must be positive millimetres; got {text!r}")
-    return (values[0], values[1], values[2])
 
 
 def _fmt_spacing(sp: Sequence[float]) -> str:
