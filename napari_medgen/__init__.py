@@ -4,8 +4,18 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .errors import Cancelled, FamilyError, InputError, MedGenError, ParamError, PluginError, WeightsError
-from .family import RESEARCH_USE, InputSpec, Inputs, ModelFamily, Output, Param, Result, RunContext, Task
+from .errors import (
+    Cancelled,
+    DeviceError,
+    FamilyError,
+    InputError,
+    MedGenError,
+    OutputError,
+    ParamError,
+    PluginError,
+    WeightsError,
+)
+from .family import RESEARCH_USE, InputSpec, Inputs, ModelFamily, Output, OutputSpec, Param, Result, RunContext, Task
 from .hookspecs import hookimpl
 from .volume import Volume
 
@@ -17,6 +27,7 @@ __all__ = [
     "InputSpec",
     "Inputs",
     "Output",
+    "OutputSpec",
     "Result",
     "RunContext",
     "Task",
@@ -29,4 +40,6 @@ __all__ = [
     "PluginError",
     "Cancelled",
     "WeightsError",
+    "DeviceError",
+    "OutputError",
 ]

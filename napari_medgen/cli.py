@@ -3,8 +3,11 @@
     medgen families [--json] [--task TASK]
     medgen run TASK INPUT -o OUTPUT [--family ID] [--reference PATH ...] [--points CSV]
                [--mask PATH] [--param KEY=VALUE ...] [--device auto|cpu|cuda|mps] [--seed N]
+               [--overwrite] [--series UID|NUMBER] [-q]
 
-User mistakes end with one line on stderr and a non-zero exit, never a traceback.
+User mistakes end with one line on stderr and a documented exit code, never a traceback.
+Everything that can be checked is checked before any compute (parameters, every output place);
+outputs are written atomically and together (see :mod:`napari_medgen.io.output`).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import signal
 import sys
 import threading
@@ -22,66 +26,73 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import __version__
-from .errors import Cancelled, InputError, MedGenError, ParamError
-from .family import Inputs, Task
+from .errors import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, EXIT_USAGE, Cancelled, InputError, MedGenError, ParamError
+from .family import Inputs, OutputSpec, Task
 
-__all__ = ["main", "build_parser", "read_points_csv", "output_paths"]
+__all__ = ["main", "build_parser", "read_points_csv", "output_paths", "EXIT_CODES"]
 
-EXIT_USAGE = 2
-EXIT_FAILED = 1
-EXIT_CANCELLED = 130
+EXIT_CODES = f"""exit codes:
+  {EXIT_OK:<4}done
+  {EXIT_USAGE:<4}the command line or an input is wrong (nothing ran, nothing was written)
+  {EXIT_FAILED:<4}a run failed (nothing was written, earlier files are intact)
+  {EXIT_CANCELLED:<4}interrupted (Ctrl-C); nothing was written
+"""
+
+
+def _task_help() -> str:
+    return ", ".join(t.value for t in Task)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medgen",
         description="Generative models for 3D medical volumes (napari-medgen). Research use only.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"napari-medgen {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    fam = sub.add_parser("families", help="list installed model families and plugin errors")
+    fam = sub.add_parser(
+        "families", help="list installed model families and plugin errors",
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     fam.add_argument("--json", action="store_true", help="machine-readable output")
     fam.add_argument("--task", choices=[t.value for t in Task], help="only families of this task")
 
-    run = sub.add_parser("run", help="run a family on a NIfTI file (or DICOM series folder)")
-    run.add_argument("task", choices=[t.value for t in Task])
+    run = sub.add_parser(
+        "run", help="run a family on a NIfTI file (or DICOM series folder)",
+        description="Run one model family on one scan and write its outputs (NIfTI) and a provenance "
+        "sidecar (<stem>.medgen.json). Every output place is checked before any compute; an output "
+        "that is one of the run's inputs is always refused.",
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("task", choices=[t.value for t in Task], help=f"one of {_task_help()}")
     run.add_argument("input", type=Path, help="input .nii/.nii.gz file or DICOM series folder")
-    run.add_argument("-o", "--output", type=Path, required=True, help="output .nii/.nii.gz file")
+    run.add_argument("-o", "--output", type=Path, required=True,
+                     help="output .nii/.nii.gz file; a family's other outputs go beside it as <stem>_<name>.nii.gz")
     run.add_argument("--family", help="family id (default: the task's first family; see `medgen families`)")
-    run.add_argument("--reference", type=Path, action="append", default=[], help="reference volume (repeatable)")
+    run.add_argument("--reference", type=Path, nargs="+", action="extend", default=[], metavar="PATH",
+                     help="reference volume(s): --reference a.nii.gz b.nii.gz (or the flag repeated)")
     run.add_argument("--points", type=Path, help="CSV with header x,y,z (world mm) or i,j,k (voxel indices)")
     run.add_argument("--mask", type=Path, help="mask/label volume on the input's grid")
     run.add_argument("--mask-output", type=Path, help="lesion task: where to write the lesion mask")
+    run.add_argument("--series", help="DICOM input folder with several series: the SeriesInstanceUID or "
+                     "series number to read (default: refuse and list them)")
     run.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="family parameter")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     run.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     run.add_argument("--time-budget", type=float, default=None, help="seconds of training allowed (learned families)")
-    run.add_argument("--quiet", action="store_true", help="no progress output")
+    run.add_argument("--overwrite", action="store_true",
+                     help="replace output files that exist (default: refuse before any compute); "
+                     "an output that is an input is refused even so")
+    run.add_argument("-q", "--quiet", action="store_true",
+                     help="only errors and warnings about the result (no progress, no list of files written)")
     return parser
 
 
 # -- helpers -----------------------------------------------------------------------
-def _read_volume(path: Path, role: str):
-    from .io.dicom import read_dicom_series
-    from .io.nifti import read_nifti
-
-    if not path.exists():
-        raise InputError(f"{role} {str(path)!r} does not exist")
-    name = path.name
-    if path.is_dir() or name.lower().endswith(".dcm"):
-        return read_dicom_series(path)
-    if not (name.endswith(".nii") or name.endswith(".nii.gz")):
-        raise InputError(f"{role} {str(path)!r} is not a .nii/.nii.gz file or a DICOM folder")
-    try:
-        return read_nifti(path)
-    except MedGenError:
-        raise
-    except Exception as exc:
-        raise InputError(f"could not read {role} {str(path)!r}: {exc}") from exc
-
-
 def read_points_csv(path: Path, volume) -> np.ndarray:
     """Points from a CSV with header ``x,y,z`` (world mm) or ``i,j,k`` (the file's voxels)."""
     from .io.nifti import nifti_ijk_to_index, world_xyz_to_index
@@ -128,16 +139,24 @@ def _stem(path: Path) -> tuple[Path, str]:
     return path, ".nii.gz"
 
 
-def output_paths(output: Path, names: Sequence[str], kinds: Sequence[str], mask_output: Path | None) -> list[Path]:
+def output_paths(output: Path, specs: Sequence[OutputSpec], mask_output: Path | None) -> list[Path]:
     """The first output goes to ``output``; others to ``<stem>_<name><ext>`` (mask: ``--mask-output``)."""
+    if not output.name.endswith((".nii", ".nii.gz")):
+        raise InputError(f"output {str(output)!r} must end in .nii or .nii.gz")
     stem, ext = _stem(output)
-    paths = [output if output.name.endswith((".nii", ".nii.gz")) else output.with_name(output.name + ".nii.gz")]
-    for name, kind in zip(names[1:], kinds[1:]):
-        if mask_output is not None and kind == "labels" and name == "mask":
+    paths = [output]
+    for spec in specs[1:]:
+        if mask_output is not None and spec.kind == "labels" and spec.name == "mask":
             paths.append(mask_output)
         else:
-            paths.append(stem.with_name(f"{stem.name}_{name}{ext}"))
+            paths.append(stem.with_name(f"{stem.name}_{spec.name}{ext}"))
     return paths
+
+
+def sidecar_path(output: Path) -> Path:
+    """``<stem>.medgen.json`` beside the first output: the run's provenance record."""
+    stem, _ = _stem(output)
+    return stem.with_name(stem.name + ".medgen.json")
 
 
 class _Progress:
@@ -173,11 +192,11 @@ def cmd_families(args: argparse.Namespace) -> int:
     if args.json:
         rows = [e.to_dict() for e in entries]
         rows += [
-            {"id": None, "task": None, "version": None, "package": err.package, **err.to_dict()}
+            {"id": err.family_id, "task": None, "version": None, "package": err.package, **err.to_dict()}
             for err in reg.errors
         ]
         print(json.dumps(rows, indent=2, default=str))
-        return 0
+        return EXIT_OK
     if not entries:
         print("no model families installed")
     width = max([len(e.id) for e in entries] + [10])
@@ -190,31 +209,59 @@ def cmd_families(args: argparse.Namespace) -> int:
             gpu = "  [GPU recommended]" if e.family.wants_gpu else ""
             print(f"  {e.id:<{width}}  {e.family.version:<8} {e.package or e.plugin:<18} {e.family.display_name}{gpu}")
     for err in reg.errors:
-        print(f"plugin {err.plugin!r} ({err.package or 'unknown package'}) failed: {err.message}", file=sys.stderr)
-    return 0
+        print(f"medgen: warning: plugin {err.plugin!r} ({err.package or 'unknown package'}): {err.message}",
+              file=sys.stderr)
+    return EXIT_OK
+
+
+def _protected(args: argparse.Namespace) -> list[tuple[str, Path]]:
+    """Every file the run reads, by role: no output may be one of them."""
+    files = [("input", args.input)]
+    files += [(f"reference {i + 1}", p) for i, p in enumerate(args.reference)]
+    files += [(role, p) for role, p in (("mask", args.mask), ("points", args.points)) if p is not None]
+    return files
+
+
+def _expected_bytes(image, paths: Sequence[Path]) -> list[int]:
+    """A cheap lower bound of each output's size: the input's voxels as float32 (gzip: a quarter)."""
+    raw = int(np.prod(image.shape)) * 4
+    return [raw // 4 if p.name.endswith(".gz") else raw for p in paths]
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .io.nifti import write_nifti
+    from .io.nifti import nifti_output
+    from .io.output import OutputTransaction, check_outputs, json_writer
+    from .io.read import read_volume
     from .registry import get_registry
-    from .runner import run_family
+    from .runner import preflight, run_family
 
     task = Task(args.task)
     reg = get_registry()
     entry = reg.get(args.family, task) if args.family else reg.default(task)
     family = entry.family
-    params = parse_params(args.param, family)
-    out_name = args.output.name
-    if not (out_name.endswith(".nii") or out_name.endswith(".nii.gz")):
-        raise InputError(f"output {str(args.output)!r} must end in .nii or .nii.gz")
-    if not args.output.parent.exists():
-        raise InputError(f"output folder {str(args.output.parent)!r} does not exist")
-    image = _read_volume(args.input, "input")
-    refs = [_read_volume(p, "reference") for p in args.reference]
-    mask = _read_volume(args.mask, "mask") if args.mask else None
+    # -- before any compute: parameters, every output place, then the inputs themselves
+    specs = list(family.outputs) or [OutputSpec("image")]
+    if args.mask_output is not None and not any(s.kind == "labels" and s.name == "mask" for s in specs):
+        raise InputError(f"--mask-output: family {family.id!r} writes no mask")
+    paths = output_paths(args.output, specs, args.mask_output)
+    side = sidecar_path(args.output)
+    roles = [f"output '{s.name}'" if i else "output" for i, s in enumerate(specs)]
+    protected = _protected(args)
+    params, finals = preflight(
+        family,
+        parse_params(args.param, family),
+        outputs=[*paths, side],
+        output_roles=[*roles, "sidecar"],
+        protected=protected,
+        overwrite=args.overwrite,
+    )
+    image = read_volume(args.input, role="input", series=args.series)
+    refs = [read_volume(p, role=f"reference {i + 1}") for i, p in enumerate(args.reference)]
+    mask = read_volume(args.mask, role="mask") if args.mask else None
     if mask is not None:
         mask = mask.with_data(np.asarray(mask.data) > 0)
     points = read_points_csv(args.points, image) if args.points else None
+    check_outputs(paths, protected, overwrite=True, expected_bytes=_expected_bytes(image, paths), roles=roles)
 
     cancel = threading.Event()
 
@@ -236,25 +283,32 @@ def cmd_run(args: argparse.Namespace) -> int:
             progress=_Progress(args.quiet),
             cancel_event=cancel,
             package=entry.package,
+            overwrite=args.overwrite,
+            protected=protected + list(zip(roles, paths)),
         )
     finally:
         if old is not None:
             signal.signal(signal.SIGINT, old)
-    outs = result.outputs
-    paths = output_paths(args.output, [o.name for o in outs], [o.kind for o in outs], args.mask_output)
-    for out, path in zip(outs, paths):
-        write_nifti(out.volume, path)
-        if not args.quiet:
+    by_name = {o.name: o for o in result.outputs}
+    planned = [(spec, path, by_name[spec.name]) for spec, path in zip(specs, finals) if spec.name in by_name]
+    if len(specs) == 1 and not by_name.get(specs[0].name):  # an undeclared single output
+        planned = [(specs[0], finals[0], result.outputs[0])]
+    record = dict(result.info)
+    record["outputs"] = {out.name: str(path) for _, path, out in planned}
+    with OutputTransaction(overwrite=args.overwrite, hint="use --overwrite to replace it") as tx:
+        for spec, path, out in planned:
+            name, writer = nifti_output(out.volume, path)
+            tx.add(name, writer, role=f"output '{out.name}'")
+        tx.add(finals[-1], json_writer(record, default=_json_default), role="sidecar")
+        tx.commit()
+    if not args.quiet:
+        for _, path, out in planned:
             print(f"wrote {path} ({out.name}, shape {out.volume.shape}, spacing "
                   f"{', '.join(f'{s:.3g}' for s in out.volume.spacing)} mm)")
+        print(f"wrote {finals[-1]} (provenance)")
     if result.info.get("warning"):
         print(f"medgen: warning: {result.info['warning']}", file=sys.stderr)
-    record = dict(result.info)
-    record["outputs"] = {o.name: str(p) for o, p in zip(outs, paths)}
-    stem, _ = _stem(paths[0])
-    sidecar = stem.with_name(stem.name + ".medgen.json")
-    sidecar.write_text(json.dumps(record, indent=2, default=_json_default))
-    return 0
+    return EXIT_OK
 
 
 def _json_default(obj: Any) -> Any:
@@ -265,6 +319,10 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     return str(obj)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -280,15 +338,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MedGenError as exc:
         if args.debug:
             raise
-        print(f"medgen: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE if isinstance(exc, (InputError, ParamError)) else EXIT_FAILED
+        print(f"medgen: error: {_one_line(exc)}", file=sys.stderr)
+        return int(getattr(exc, "exit_code", EXIT_FAILED))
     except KeyboardInterrupt:
-        print("medgen: interrupted", file=sys.stderr)
+        print("medgen: interrupted; no output written", file=sys.stderr)
         return EXIT_CANCELLED
+    except BrokenPipeError:  # `medgen families --json | head`: the reader went away, not an error
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except OSError:  # pragma: no cover
+            pass
+        return EXIT_OK
     except Exception as exc:  # a bug: one line, and the traceback on request
         if args.debug:
             raise
-        print(f"medgen: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr)
+        print(f"medgen: internal error: {type(exc).__name__}: {_one_line(exc)} (run with --debug for the traceback)",
+              file=sys.stderr)
         return EXIT_FAILED
 
 

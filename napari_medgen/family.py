@@ -25,6 +25,7 @@ __all__ = [
     "Task",
     "Param",
     "InputSpec",
+    "OutputSpec",
     "Inputs",
     "Output",
     "Result",
@@ -74,6 +75,10 @@ class Param:
     choices: tuple[str, ...] = ()
     label: str | None = None
     unit: str = ""
+    #: "" for plain values; "read" or "write" for a file the run reads or writes (checked before compute)
+    path: Literal["", "read", "write"] = ""
+    #: for a path: the files it stands for are ``<value without suffix><suffix>`` for each suffix
+    suffixes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.name.isidentifier():
@@ -82,6 +87,8 @@ class Param:
             raise ParamError(f"parameter {self.name!r}: unknown kind {self.kind!r}")
         if self.kind == "choice" and not self.choices:
             raise ParamError(f"parameter {self.name!r}: kind 'choice' needs choices")
+        if self.path not in ("", "read", "write") or (self.path and self.kind != "str"):
+            raise ParamError(f"parameter {self.name!r}: path must be '', 'read' or 'write' on a 'str' parameter")
         # the default must itself be valid
         object.__setattr__(self, "default", self.validate(self.default))
 
@@ -93,6 +100,27 @@ class Param:
     def display(self) -> str:
         text = self.label or self.name.replace("_", " ")
         return f"{text} ({self.unit})" if self.unit else text
+
+    def files(self, value: Any) -> list[Path]:
+        """The files a path parameter's value stands for (empty for no value or a non-path parameter)."""
+        if not self.path or not str(value or "").strip():
+            return []
+        given = Path(str(value).strip()).expanduser()
+        if not self.suffixes:
+            return [given]
+        base = given.with_suffix("") if given.suffix in self.suffixes else given
+        return [base.with_name(base.name + suffix) for suffix in self.suffixes]
+
+    def range_text(self) -> str:
+        """The allowed range in words ("between 0 and 1", "at least 0"), or ""."""
+        lo, hi = self.minimum, self.maximum
+        if lo is not None and hi is not None:
+            return f"between {lo:g} and {hi:g}"
+        if lo is not None:
+            return f"at least {lo:g}"
+        if hi is not None:
+            return f"at most {hi:g}"
+        return ""
 
     def parse(self, text: str) -> Any:
         """Parse a command-line string into a validated value."""
@@ -114,9 +142,10 @@ class Param:
             return self.validate(int(as_float))
         if self.kind == "float":
             try:
-                return self.validate(float(text))
+                number = float(text)
             except ValueError:
                 raise ParamError(f"parameter {self.name!r} expects a number, got {text!r}") from None
+            return self.validate(number)  # a range error keeps its own message
         return self.validate(text)
 
     def validate(self, value: Any) -> Any:
@@ -137,10 +166,8 @@ class Param:
                 value = float(value)
                 if not math.isfinite(value):
                     raise ParamError(f"parameter {name!r} must be finite, got {value!r}")
-            if self.minimum is not None and value < self.minimum:
-                raise ParamError(f"parameter {name!r} must be >= {self.minimum}, got {value}")
-            if self.maximum is not None and value > self.maximum:
-                raise ParamError(f"parameter {name!r} must be <= {self.maximum}, got {value}")
+            if (self.minimum is not None and value < self.minimum) or (self.maximum is not None and value > self.maximum):
+                raise ParamError(f"parameter {name!r} must be {self.range_text()}, got {value:g}")
             return value
         if not isinstance(value, str):
             raise ParamError(f"parameter {name!r} expects text, got {value!r}")
@@ -158,6 +185,7 @@ class Param:
             "maximum": self.maximum,
             "choices": list(self.choices),
             "unit": self.unit,
+            "path": self.path,
         }
 
 
@@ -180,6 +208,25 @@ class InputSpec:
     def __post_init__(self) -> None:
         if self.name not in ("references", "points", "mask"):
             raise ParamError(f"unknown extra input {self.name!r}; use references, points or mask")
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """An output a family promises, so that its file can be planned and checked before compute.
+
+    ``name`` is the :class:`Output` name the result will carry; the CLI writes the first
+    declared output to ``-o`` and each other one to ``<stem>_<name>.nii.gz``.
+    """
+
+    name: str
+    kind: Literal["image", "labels", "heatmap"] = "image"
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.name.isidentifier():
+            raise ParamError(f"output name {self.name!r} is not a valid identifier")
+        if self.kind not in ("image", "labels", "heatmap"):
+            raise ParamError(f"output {self.name!r}: unknown kind {self.kind!r}")
 
 
 @dataclass
@@ -232,7 +279,8 @@ class RunContext:
     ``progress(done, total, message)`` reports work; ``check_cancelled()`` raises
     :class:`Cancelled` once the user pressed Cancel (call it at least every second of
     work); ``rng`` is seeded; ``time_budget`` (seconds or None) bounds training;
-    ``device`` is a string such as ``"cpu"`` or ``"cuda:0"``.
+    ``device`` is a string such as ``"cpu"`` or ``"cuda:0"``; ``overwrite`` says whether
+    files the family writes itself (a saved model) may replace existing ones.
     """
 
     def __init__(
@@ -247,8 +295,11 @@ class RunContext:
         logger: logging.Logger | None = None,
         amp: bool = True,
         metric: Callable[[dict[str, Any]], None] | None = None,
+        overwrite: bool = False,
     ) -> None:
         self.device = device
+        #: the user allowed files the run writes (e.g. ``save_model``) to replace existing ones
+        self.overwrite = bool(overwrite)
         self.seed = int(seed)
         self.rng = np.random.default_rng(self.seed)
         self.time_budget = time_budget
@@ -316,6 +367,8 @@ class ModelFamily:
     intended_use: str = RESEARCH_USE
     params: Sequence[Param] = ()
     inputs: Sequence[InputSpec] = ()
+    #: the outputs ``run`` returns, in order; empty means one output (written to ``-o``)
+    outputs: Sequence[OutputSpec] = ()
     wants_gpu: bool = False
     #: higher sorts first in the docks' family list and is the task's default
     priority: int = 0
@@ -369,6 +422,7 @@ class ModelFamily:
                 {"name": s.name, "required": s.required, "same_grid": s.same_grid, "help": s.help}
                 for s in self.inputs
             ],
+            "outputs": [{"name": o.name, "kind": o.kind, "description": o.description} for o in self.outputs],
         }
 
     def __repr__(self) -> str:

@@ -11,6 +11,12 @@ Environment variables:
 * ``MEDGEN_PLUGINS``: comma-separated entry-point or distribution names; when set, only
   these plugins load (the built-in ``builtin`` entry point always loads).
 * ``MEDGEN_DISABLE_PLUGINS``: comma-separated names that never load (``builtin`` included).
+
+Family ids: the built-in plugin loads first, then the project's own distributions
+(:data:`FIRST_PARTY`), then every other plugin in entry-point name order. A family whose id is
+already registered is refused (an error naming both packages), so installing a package can
+never change what an existing id runs; ids in the ``medgen.`` namespace belong to the built-in
+package alone.
 """
 
 from __future__ import annotations
@@ -42,6 +48,12 @@ __all__ = [
 
 ENTRY_POINT_GROUP = "napari_medgen"
 BUILTIN_PLUGIN = "builtin"
+#: the distribution whose ``builtin`` entry point holds the built-in families
+BUILTIN_PACKAGE = "napari-medgen"
+#: the project's own distributions: they load right after the built-in families
+FIRST_PARTY = ("medgen-classic", "medgen-template")
+#: family ids with this prefix may only come from the built-in package
+RESERVED_PREFIX = "medgen."
 _ID_RE = re.compile(r"^[a-z0-9][a-z0-9_.\-]*$")
 
 log = logging.getLogger("napari_medgen.registry")
@@ -84,9 +96,10 @@ class LoadError:
 
     plugin: str
     package: str
-    stage: str  # import | hooks | register | family
+    stage: str  # import | hooks | register | family | clash
     message: str
     details: str = ""
+    family_id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -129,6 +142,18 @@ def validate_family(family: Any) -> list[str]:
     if type(family).run is ModelFamily.run:
         problems.append("run() is not implemented")
     return problems
+
+
+def _is_builtin(name: str, package: str) -> bool:
+    """The built-in plugin: the ``builtin`` entry point of napari-medgen itself."""
+    return name == BUILTIN_PLUGIN and package in (BUILTIN_PACKAGE, "")
+
+
+def _load_rank(name: str, package: str) -> int:
+    """Load order: built-in, then the project's own distributions, then everything else."""
+    if _is_builtin(name, package):
+        return 0
+    return 1 if package in FIRST_PARTY else 2
 
 
 def _split_env(name: str) -> set[str]:
@@ -206,12 +231,13 @@ class Registry:
             pm.add_hookspecs(MedGenHookSpecs)
             candidates: list[tuple[str, str, str, Callable[[], Any]]] = []
             if self.use_entry_points:
-                for ep in sorted(im.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+                for ep in im.entry_points(group=ENTRY_POINT_GROUP):
                     package, version = _dist_of(ep)
                     candidates.append((ep.name, package, version, ep.load))
             for name, obj in self.extra_plugins:
                 package, version = _dist_of_object(obj)
                 candidates.append((name, package or name, version, lambda obj=obj: obj))
+            candidates.sort(key=lambda c: (_load_rank(c[0], c[1]), c[0], c[1]))
             order: list[str] = []
             for name, package, version, loader in candidates:
                 if not self._wanted(name, package):
@@ -252,9 +278,10 @@ class Registry:
 
     reload = load
 
-    def _record(self, plugin: str, package: str, stage: str, message: str) -> None:
-        err = LoadError(plugin, package, stage, message, traceback.format_exc())
-        log.warning("medgen plugin %r (%s): %s", plugin, package or "?", message)
+    def _record(self, plugin: str, package: str, stage: str, message: str, family_id: str | None = None) -> None:
+        # kept, not printed: `medgen families` and the Families panel show it once
+        err = LoadError(plugin, package, stage, message, traceback.format_exc(), family_id)
+        log.debug("medgen plugin %r (%s): %s", plugin, package or "?", message)
         self.errors.append(err)
 
     def _make_register(self, plugin: str, package: str, version: str) -> Callable[[Any], None]:
@@ -264,14 +291,26 @@ class Registry:
             if problems:
                 self._record(plugin, package, "family", f"family {fid!r} rejected: {'; '.join(problems)}")
                 return
+            builtin = _is_builtin(plugin, package)
+            if family.id.startswith(RESERVED_PREFIX) and not builtin:
+                self._record(
+                    plugin,
+                    package,
+                    "clash",
+                    f"family id {family.id!r} from {package or plugin} is refused: ids starting with "
+                    f"{RESERVED_PREFIX!r} belong to {BUILTIN_PACKAGE}'s built-in families",
+                    family.id,
+                )
+                return
             existing = self._entries.get(family.id)
             if existing is not None:
                 self._record(
                     plugin,
                     package,
-                    "family",
+                    "clash",
                     f"family id {family.id!r} from {package or plugin} is already registered by "
-                    f"{existing.package or existing.plugin}; the second one is ignored",
+                    f"{existing.package or existing.plugin}; {package or plugin}'s family is not registered",
+                    family.id,
                 )
                 return
             self._entries[family.id] = FamilyEntry(family, plugin, package, version)
@@ -292,9 +331,13 @@ class Registry:
         if entry is None:
             pool = self.families(task)
             known = ", ".join(e.id for e in pool) or "none"
-            raise PluginError(f"unknown family {family_id!r}; available{f' for {Task(task).value}' if task else ''}: {known}")
+            failed = f" ({len(self.errors)} plugin(s) failed to load: see `medgen families`)" if self.errors else ""
+            raise PluginError(
+                f"unknown family {family_id!r}; available{f' for {Task(task).value}' if task else ''}: {known}{failed}"
+            )
         if task is not None and entry.task != Task(task):
-            raise PluginError(f"family {family_id!r} is a {entry.task.value} family, not {Task(task).value}")
+            raise PluginError(f"family {family_id!r} is {_article(entry.task.value)} {entry.task.value} family, "
+                              f"not {_article(Task(task).value)} {Task(task).value} family")
         return entry
 
     def default(self, task: Task | str) -> FamilyEntry:
@@ -307,6 +350,10 @@ class Registry:
 
     def __contains__(self, family_id: str) -> bool:
         return family_id in self._entries
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1].lower() in "aeiou" else "a"
 
 
 _REGISTRY: Registry | None = None

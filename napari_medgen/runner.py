@@ -10,17 +10,18 @@ import logging
 import threading
 import traceback
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from . import __version__
-from .errors import Cancelled, FamilyError, MedGenError
+from .errors import Cancelled, FamilyError, MedGenError, ParamError
 from .family import Inputs, ModelFamily, Output, ProgressCallback, Result, RunContext, Task
 from .validation import validate_inputs
 from .volume import Volume
 
-__all__ = ["run_family", "readonly_inputs"]
+__all__ = ["run_family", "readonly_inputs", "preflight", "source_of", "input_files"]
 
 log = logging.getLogger("napari_medgen.runner")
 
@@ -44,9 +45,90 @@ def readonly_inputs(inputs: Inputs) -> Inputs:
     )
 
 
+def source_of(volume: Volume | None) -> dict[str, Any]:
+    """Where a volume was read from: its file, or its DICOM folder and series (for provenance)."""
+    if volume is None:
+        return {}
+    meta = volume.metadata or {}
+    nifti, dicom = meta.get("nifti") or {}, meta.get("dicom") or {}
+    if nifti.get("source_path"):
+        return {"path": str(nifti["source_path"])}
+    if dicom:
+        keys = ("source_folder", "series_instance_uid", "series_number", "series_description", "n_slices")
+        return {k: dicom[k] for k in keys if dicom.get(k) not in (None, "")}
+    return {}
+
+
+def input_files(inputs: Inputs) -> list[tuple[str, str]]:
+    """``(role, path)`` of every file the run's volumes were read from: what no output may replace."""
+    volumes = [("input", inputs.image)] + [(f"reference {i + 1}", r) for i, r in enumerate(inputs.references)]
+    volumes.append(("mask", inputs.mask))
+    return [(role, src["path"]) for role, vol in volumes if (src := source_of(vol)).get("path")]
+
+
+def preflight(
+    family: ModelFamily,
+    params: dict[str, Any] | None = None,
+    *,
+    outputs: list[Any] = (),  # type: ignore[assignment]
+    output_roles: list[str] | None = None,
+    protected: list[tuple[str, Any]] = (),  # type: ignore[assignment]
+    overwrite: bool = False,
+    expected_bytes: list[int] | None = None,
+    hint: str = "use --overwrite to replace it",
+) -> tuple[dict[str, Any], list[Any]]:
+    """Every check that can fail before compute: parameters and every file the run reads or writes.
+
+    Parameters are parsed and range-checked; a path parameter that reads must name an existing
+    file; ``outputs`` and the files of path parameters that write go through
+    :func:`napari_medgen.io.output.check_outputs` against ``protected`` (the run's inputs) and
+    the files the parameters read. Returns the resolved parameters and the outputs' real paths.
+    """
+    from .io.output import check_outputs
+
+    resolved = family.resolve_params(params)
+    reads: list[tuple[str, Any]] = []
+    writes: list[tuple[str, Any]] = []
+    for p in family.params:
+        files = p.files(resolved.get(p.name))
+        if p.path == "write":
+            writes += [(p.name, path) for path in files]
+        elif files:
+            given = Path(str(resolved[p.name]).strip()).expanduser()
+            if not (given.is_file() or files[0].is_file()):
+                raise ParamError(f"{p.name}: the file {str(given)!r} does not exist")
+            reads += [(p.name, path) for path in [given, *files] if path.is_file()]
+    roles = list(output_roles) if output_roles is not None else ["output"] * len(outputs)
+    guarded = list(protected) + reads
+    finals = check_outputs(
+        list(outputs), guarded, overwrite=overwrite, expected_bytes=expected_bytes, hint=hint, roles=roles
+    )
+    # files the family writes itself (a saved model): their folder may be new, the family creates it
+    check_outputs(
+        [path for _, path in writes],
+        guarded + list(zip(roles, finals)),
+        overwrite=overwrite,
+        create_dirs=True,
+        hint=hint,
+        roles=[f"{name} file" for name, _ in writes],
+    )
+    return resolved, finals
+
+
 def _check_result(family: ModelFamily, result: Any) -> Result:
     if not isinstance(result, Result) or not result.outputs:
         raise FamilyError(f"family {family.id!r} returned no result (a plugin bug: run() must return a Result)")
+    declared = [o.name for o in family.outputs]
+    names = [getattr(o, "name", None) for o in result.outputs]
+    if declared and not set(names) <= set(declared):
+        raise FamilyError(
+            f"family {family.id!r} returned outputs {names} but declares {declared} (a plugin bug)"
+        )
+    if not declared and len(result.outputs) != 1:
+        raise FamilyError(
+            f"family {family.id!r} returned {len(result.outputs)} outputs but declares none "
+            "(a plugin bug: a family with several outputs lists them in ModelFamily.outputs)"
+        )
     for out in result.outputs:
         if not isinstance(out, Output) or not isinstance(out.volume, Volume):
             raise FamilyError(f"family {family.id!r} returned a malformed output {out!r}")
@@ -71,14 +153,18 @@ def run_family(
     package: str = "",
     context: RunContext | None = None,
     metric: Callable[[dict[str, Any]], None] | None = None,
+    overwrite: bool = False,
+    protected: list[tuple[str, Any]] = (),  # type: ignore[assignment]
 ) -> Result:
     """Validate, run ``family`` and stamp every output with a provenance record.
 
     Raises :class:`InputError`/:class:`ParamError` for bad input, :class:`Cancelled` when
     cancelled, and :class:`FamilyError` when the family itself fails. Inputs are passed
-    read-only, so a family can never modify the user's data.
+    read-only, so a family can never modify the user's data. Files the family itself writes
+    (path parameters such as ``save_model``) are checked before compute against the inputs'
+    files and ``protected``, and replace existing files only with ``overwrite``.
     """
-    resolved = family.resolve_params(params)
+    resolved, _ = preflight(family, params, protected=input_files(inputs) + list(protected), overwrite=overwrite)
     validate_inputs(family, inputs)
     from .engine.device import describe_device, resolve_device
 
@@ -92,6 +178,7 @@ def run_family(
         metric=metric,
     )
     ctx.device = dev
+    ctx.overwrite = bool(overwrite)
     started = _dt.datetime.now(_dt.timezone.utc)
     ro = readonly_inputs(inputs)
     try:
@@ -117,7 +204,9 @@ def run_family(
         "elapsed_s": round(ctx.elapsed, 3),
         "started": started.isoformat(timespec="seconds"),
         "input": inputs.image.name,
+        "input_source": source_of(inputs.image),
         "references": [r.name for r in inputs.references],
+        "reference_sources": [source_of(r) for r in inputs.references],
         "n_points": 0 if inputs.points is None else int(np.asarray(inputs.points).reshape(-1, 3).shape[0]),
         "mask": None if inputs.mask is None else inputs.mask.name,
         "napari_medgen_version": __version__,

@@ -49,6 +49,11 @@ def validate_image(volume: Volume, role: str = "input") -> None:
         )
     if len(shape) != 3:
         raise InputError(f"{what} has {len(shape)} dimensions {shape}; MedGen needs a 3D volume")
+    if shape[-1] in (3, 4) and min(shape[:2]) >= 8 * shape[-1]:
+        raise InputError(
+            f"{what} has shape {shape}: that is a 2D picture with {shape[-1]} colour channels (RGB(A), "
+            "channels last), not a 3D scan"
+        )
     if min(shape) < MIN_AXIS_VOXELS:
         raise InputError(f"{what} has shape {shape}; every axis needs at least {MIN_AXIS_VOXELS} voxels")
     arr = np.asarray(data)

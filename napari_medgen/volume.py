@@ -26,9 +26,10 @@ from .errors import InputError, ParamError
 
 __all__ = ["Volume", "resample_geometry", "parse_target_spacing", "MIN_SPACING_MM", "MAX_SPACING_MM"]
 
-#: Spacings outside this range (mm) are refused as a probable unit or header error.
+#: Spacings outside this range (mm) are refused as a probable unit or header error
+#: (1 micrometre to 10 cm: no scanner acquires a voxel a metre wide).
 MIN_SPACING_MM = 1e-3
-MAX_SPACING_MM = 1e3
+MAX_SPACING_MM = 100.0
 
 
 @dataclass

@@ -1,6 +1,12 @@
-"""NIfTI reader/writer: orientation convention, exact round trips, dtypes, coordinates."""
+"""NIfTI reader/writer: orientation convention, exact round trips, dtypes, coordinates.
+
+And damaged or foreign files (truncated, CIFTI, Analyze pairs, bad sform/qform, colour):
+the reader raises one InputError line naming the file.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -150,7 +156,7 @@ def test_written_dtypes(tmp_path):
     }
     for in_dtype, expected in cases.items():
         vol = geom.with_data(np.ones((3, 4, 5), dtype=in_dtype))
-        assert nib.load(str(write_nifti(vol, tmp_path / "x.nii.gz"))).get_data_dtype() == expected
+        assert nib.load(str(write_nifti(vol, tmp_path / "x.nii.gz", overwrite=True))).get_data_dtype() == expected
     vol = geom.with_data(np.full((3, 4, 5), -3000, dtype=np.int64))
     assert nib.load(str(write_nifti(vol, tmp_path / "y.nii.gz"))).get_data_dtype() == np.int16
     vol = geom.with_data(np.full((3, 4, 5), 70000, dtype=np.int64))
@@ -227,10 +233,141 @@ def test_clear_errors(tmp_path):
         nifti_ijk_to_index(vol, [0, 0, 0])
 
 
+def test_an_existing_file_is_replaced_only_with_overwrite(tmp_path, rng):
+    from napari_medgen.errors import OutputExists
+
+    vol = Volume.from_spacing(rng.random((4, 5, 6)).astype(np.float32))
+    path = write_nifti(vol, tmp_path / "a.nii.gz")
+    before = path.read_bytes()
+    with pytest.raises(OutputExists, match="already exists"):
+        write_nifti(vol.with_data(vol.data * 2), path)
+    assert path.read_bytes() == before
+    write_nifti(vol.with_data(vol.data * 2), path, overwrite=True)
+    np.testing.assert_allclose(read_nifti(path).data, vol.data * 2, rtol=1e-6)
+
+
 def test_like_supplies_source_orientation(tmp_path, rng):
     src = read_nifti(save(tmp_path, rng.random(SHAPE).astype(np.float32), CASES["LPS"]))
     bare = Volume(src.data * 2, src.affine, name="derived")  # e.g. built by a family, no metadata
     for like in (src, tmp_path / "scan.nii.gz"):
-        written = nib.load(str(write_nifti(bare, tmp_path / "derived.nii.gz", like=like)))
+        written = nib.load(str(write_nifti(bare, tmp_path / "derived.nii.gz", like=like, overwrite=True)))
         np.testing.assert_allclose(written.affine, CASES["LPS"], atol=1e-5)
         np.testing.assert_allclose(np.asarray(written.dataobj), np.asarray(nib.load(str(tmp_path / "scan.nii.gz")).dataobj) * 2, rtol=1e-6)
+
+
+# -- damaged and foreign files: one InputError line naming the file ---------------------------
+def nifti_bytes(tmp_path, name="good.nii", shape=(10, 11, 12)):
+    data = np.random.default_rng(0).random(shape).astype(np.float32)
+    path = save(tmp_path, data, np.diag([2.0, 2.0, 2.0, 1.0]), name=name)
+    return path.read_bytes()
+
+
+def with_header(tmp_path, name, **fields):
+    """A copy of a valid .nii whose stored header fields are overwritten (no nibabel fixes)."""
+    raw = bytearray(nifti_bytes(tmp_path))
+    hdr = nib.Nifti1Header(bytes(raw[:348]), check=False)
+    for key, value in fields.items():
+        hdr[key] = value
+    raw[:348] = hdr.binaryblock
+    path = tmp_path / name
+    path.write_bytes(bytes(raw))
+    return path
+
+
+def truncated(tmp_path, name, fraction=0.5):
+    if name.endswith(".gz"):
+        import gzip
+
+        raw = gzip.compress(nifti_bytes(tmp_path))
+    else:
+        raw = nifti_bytes(tmp_path)
+    path = tmp_path / name
+    path.write_bytes(raw[: int(len(raw) * fraction)])
+    return path
+
+
+def written(path, raw: bytes):
+    path.write_bytes(raw)
+    return path
+
+
+DAMAGED = {
+    "truncated .nii.gz": (lambda t: truncated(t, "cut.nii.gz"), r"cut\.nii\.gz is truncated"),
+    "truncated .nii": (lambda t: truncated(t, "cut.nii"), r"cut\.nii is truncated"),
+    "header only": (lambda t: truncated(t, "short.nii", 0.05), r"short\.nii is too short"),
+    "empty": (lambda t: written(t / "empty.nii", b""), r"empty\.nii is empty"),
+    "not nifti": (lambda t: written(t / "text.nii", b"hello " * 100), r"text\.nii is not a NIfTI file"),
+    "bad qform": (lambda t: with_header(t, "q.nii", sform_code=0, qform_code=1, quatern_b=0.9, quatern_c=0.9, quatern_d=0.9),
+                  r"the qform of q\.nii is not a valid rotation"),
+    "zero sform": (lambda t: with_header(t, "s.nii", sform_code=1, srow_x=[0, 0, 0, 0], srow_y=[0, 0, 0, 0], srow_z=[0, 0, 0, 0]),
+                   r"the sform of s\.nii is not a valid voxel-to-world transform"),
+    "nan sform": (lambda t: with_header(t, "n.nii", sform_code=1, srow_x=[np.nan, 0, 0, 0]), r"the sform of n\.nii holds NaN"),
+    "zero pixdim": (lambda t: with_header(t, "p.nii", sform_code=0, qform_code=1, pixdim=[1, 0, 2, 2, 1, 1, 1, 1]),
+                    r"p\.nii has voxel size \(0, 2, 2\)"),
+    "nan pixdim": (lambda t: with_header(t, "pn.nii", sform_code=0, qform_code=0, pixdim=[1, 2, np.nan, 2, 1, 1, 1, 1]),
+                   r"pn\.nii has voxel size \(2, nan, 2\)"),
+    "negative dim": (lambda t: with_header(t, "d.nii", dim=[3, -10, 11, 12, 1, 1, 1, 1]), r"d\.nii has negative image dimensions"),
+    "unknown dtype": (lambda t: with_header(t, "dt.nii", datatype=999), r"dt\.nii has an unknown data type code 999"),
+}
+
+
+@pytest.mark.parametrize("case", list(DAMAGED))
+def test_damaged_file_is_one_input_error_line_naming_it(tmp_path, case, capfd):
+    make, pattern = DAMAGED[case]
+    path = make(tmp_path)
+    with pytest.raises(InputError, match=pattern) as info:
+        read_nifti(path)
+    assert type(info.value) is InputError and "\n" not in str(info.value)
+    assert capfd.readouterr().err == ""  # nibabel's own log lines are not printed
+
+
+def test_analyze_pair_is_read_and_a_missing_half_is_named(tmp_path):
+    import os
+
+    data = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)
+    nib.save(nib.AnalyzeImage(data, np.diag([-2.0, 2.0, 3.0, 1.0])), str(tmp_path / "an.hdr"))
+    for name in ("an.hdr", "an.img"):
+        vol = read_nifti(tmp_path / name)
+        assert vol.name == "an" and sorted(vol.spacing) == [2.0, 2.0, 3.0]
+    os.remove(tmp_path / "an.img")
+    with pytest.raises(InputError, match=r"an\.hdr has no image file an\.img next to it"):
+        read_nifti(tmp_path / "an.hdr")
+    nib.save(nib.Nifti1Pair(data, np.eye(4)), str(tmp_path / "pair.img"))
+    os.remove(tmp_path / "pair.hdr")
+    with pytest.raises(InputError, match=r"pair\.img has no header file pair\.hdr"):
+        read_nifti(tmp_path / "pair.img")
+
+
+def test_cifti_file_is_refused_as_not_a_volume(tmp_path):
+    import shutil
+
+    src = Path(nib.__file__).parent / "tests" / "data" / "row_major.dconn.nii"
+    for name in ("conn.dconn.nii", "renamed.nii"):
+        path = Path(shutil.copy(src, tmp_path / name))
+        with pytest.raises(InputError, match=rf"{name} is a CIFTI file \(surface/grayordinate data\), not a volume"):
+            read_nifti(path)
+
+
+@pytest.mark.parametrize("kind", ["RGB24", "RGBA32", "4D uint8"])
+def test_colour_nifti_is_marked_rgb_and_refused_by_validation(tmp_path, kind):
+    from napari_medgen.validation import validate_image
+
+    rng = np.random.default_rng(0)
+    channels = 4 if kind == "RGBA32" else 3
+    colour = rng.integers(0, 255, SHAPE + (channels,), dtype=np.uint8)
+    if kind == "4D uint8":
+        stored = colour
+    else:
+        fields = [(c, "u1") for c in "RGBA"[:channels]]
+        stored = np.zeros(SHAPE, dtype=fields)
+        for i, (c, _) in enumerate(fields):
+            stored[c] = colour[..., i]
+    path = save(tmp_path, stored, CASES["LPS"], name="colour.nii.gz")
+    vol = read_nifti(path)
+    assert vol.metadata["rgb"] is True
+    assert vol.shape == SHAPE[::-1] + (channels,) and vol.data.dtype == np.uint8  # channels last, (S, A, R)
+    canon = nib.as_closest_canonical(nib.Nifti1Image(colour, CASES["LPS"]))
+    np.testing.assert_array_equal(vol.data, np.asarray(canon.dataobj).transpose(2, 1, 0, 3))
+    np.testing.assert_allclose(vol.spacing, read_nifti(save(tmp_path, colour[..., 0], CASES["LPS"], name="g.nii")).spacing)
+    with pytest.raises(InputError, match=r"is an RGB\(A\) image; MedGen needs a single-channel 3D scan"):
+        validate_image(vol)

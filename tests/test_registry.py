@@ -34,7 +34,7 @@ def test_default_family_per_task(registry):
 def test_unknown_family_names_the_available_ones(registry):
     with pytest.raises(PluginError, match="unknown family 'nope'.*classic.cubic"):
         registry.get("nope", Task.SUPERRES)
-    with pytest.raises(PluginError, match="is a superres family, not lesion"):
+    with pytest.raises(PluginError, match="is a superres family, not a lesion family"):
         registry.get("classic.cubic", Task.LESION)
 
 

@@ -19,7 +19,7 @@ from .device import (
 )
 from .inference import count_windows, sliding_window
 from .trainer import TrainConfig, Trainer, TrainHistory
-from .weights import cache_dir, load_foreign_checkpoint, load_weights, save_weights, sha256_file
+from .weights import cache_dir, load_foreign_checkpoint, load_weights, save_weights, sha256_file, weights_paths
 
 __all__ = [
     "resolve_device",
@@ -40,4 +40,5 @@ __all__ = [
     "load_foreign_checkpoint",
     "cache_dir",
     "sha256_file",
+    "weights_paths",
 ]

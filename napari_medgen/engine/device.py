@@ -13,7 +13,7 @@ from typing import Any, Callable, ContextManager, Sequence, TypeVar
 
 import torch
 
-from ..errors import DeviceError
+from ..errors import DeviceError, DeviceUnavailable
 
 __all__ = [
     "resolve_device",
@@ -71,13 +71,13 @@ def resolve_device(choice: str = "auto") -> str:
         if text != "cuda":
             suffix = text.split(":", 1)[1]
             if not suffix.isdigit():
-                raise DeviceError(f"unknown device {choice!r}; use auto, cpu, cuda, cuda:N or mps")
+                raise DeviceUnavailable(f"unknown device {choice!r}; use auto, cpu, cuda, cuda:N or mps")
             index = int(suffix)
         if not torch.cuda.is_available():
-            raise DeviceError(f"CUDA was requested but no CUDA GPU is visible to torch ({_torch_build()})")
+            raise DeviceUnavailable(f"CUDA was requested but no CUDA GPU is visible to torch ({_torch_build()})")
         count = torch.cuda.device_count()
         if index is not None and index >= count:
-            raise DeviceError(
+            raise DeviceUnavailable(
                 f"CUDA device {index} was requested but torch sees only {count} CUDA GPU(s) "
                 f"(cuda:0 to cuda:{count - 1})"
             )
@@ -86,11 +86,11 @@ def resolve_device(choice: str = "auto") -> str:
         if not _mps_available():
             mps = getattr(torch.backends, "mps", None)
             built = "yes" if mps is not None and mps.is_built() else "no"
-            raise DeviceError(
+            raise DeviceUnavailable(
                 f"MPS (Apple GPU) was requested but it is not available ({_torch_build()}, MPS support: {built})"
             )
         return "mps"
-    raise DeviceError(f"unknown device {choice!r}; use auto, cpu, cuda, cuda:N or mps")
+    raise DeviceUnavailable(f"unknown device {choice!r}; use auto, cpu, cuda, cuda:N or mps")
 
 
 def describe_device(choice: str = "auto") -> str:

@@ -32,6 +32,7 @@ __all__ = [
     "load_foreign_checkpoint",
     "cache_dir",
     "sha256_file",
+    "weights_paths",
 ]
 
 #: version of the card/safetensors layout written by :func:`save_weights`
@@ -84,18 +85,28 @@ def _card_hash(card: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+def weights_paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """The two files of a saved model: ``(<path>.safetensors, <path>.json)``."""
+    base = _base(path)
+    return base.with_name(base.name + ".safetensors"), base.with_name(base.name + ".json")
 
 
-def save_weights(path: str | os.PathLike[str], state_dict: Mapping[str, torch.Tensor], card: Mapping[str, Any]) -> Path:
+def save_weights(
+    path: str | os.PathLike[str],
+    state_dict: Mapping[str, torch.Tensor],
+    card: Mapping[str, Any],
+    *,
+    overwrite: bool = False,
+) -> Path:
     """Write ``<path>.safetensors`` and its model card ``<path>.json``; return the safetensors path.
 
     ``card`` must name the ``family`` id and should carry version, params, training data,
     intended use and license; the engine adds ``sha256``, ``format_version``, ``created``.
+    Both files are committed together through :mod:`napari_medgen.io.output` (atomic, never
+    half a model); existing files are replaced only with ``overwrite=True``.
     """
+    from ..io.output import OutputTransaction
+
     family = card.get("family")
     if not isinstance(family, str) or not family:
         raise WeightsError("the model card must name the family id (card['family'])")
@@ -106,10 +117,8 @@ def save_weights(path: str | os.PathLike[str], state_dict: Mapping[str, torch.Te
         # a fresh contiguous CPU copy: safetensors refuses views and tensors that share memory
         tensors[str(key)] = value.detach().to("cpu").clone(memory_format=torch.contiguous_format)
 
-    base = _base(path)
-    base.parent.mkdir(parents=True, exist_ok=True)
-    weights_path = base.with_name(base.name + ".safetensors")
-    card_path = base.with_name(base.name + ".json")
+    weights_path, card_path = weights_paths(path)
+    weights_path.parent.mkdir(parents=True, exist_ok=True)
     try:
         full = json.loads(json.dumps(dict(card), default=_jsonable))  # what a reader will see
     except (TypeError, ValueError) as exc:
@@ -124,8 +133,11 @@ def save_weights(path: str | os.PathLike[str], state_dict: Mapping[str, torch.Te
     metadata = {"format": "pt", "medgen_family": family, _CARD_HASH_KEY: _card_hash(full)}
     data = _st_save(tensors, metadata=metadata)
     full["sha256"] = hashlib.sha256(data).hexdigest()
-    _write_atomic(weights_path, data)
-    _write_atomic(card_path, (json.dumps(full, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+    card_bytes = (json.dumps(full, indent=2, sort_keys=True) + "\n").encode("utf-8")
+    with OutputTransaction(overwrite=overwrite, hint="allow overwriting to replace the saved model") as tx:
+        tx.add(weights_path, lambda fh: fh.write(data), role="model file")
+        tx.add(card_path, lambda fh: fh.write(card_bytes), role="model card")
+        tx.commit()
     return weights_path
 
 
@@ -140,14 +152,14 @@ def load_weights(
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read weights saved by :func:`save_weights` after checking the card, its checksum and family."""
     given = Path(path)
+    if given.suffix in _FOREIGN_SUFFIXES and not given.is_file():
+        raise WeightsError(f"weights file not found: {given}")
     if given.suffix in _FOREIGN_SUFFIXES:
         raise WeightsError(
             f"{given.name} is a PyTorch checkpoint, not napari-medgen weights; "
             "it can only be read with load_foreign_checkpoint (plain tensors only)"
         )
-    base = _base(given)
-    weights_path = base.with_name(base.name + ".safetensors")
-    card_path = base.with_name(base.name + ".json")
+    weights_path, card_path = weights_paths(given)
     if not weights_path.is_file():
         raise WeightsError(f"weights file not found: {weights_path}")
     if not card_path.is_file():

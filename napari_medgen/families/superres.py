@@ -250,8 +250,10 @@ class SelfSupervisedSR(ModelFamily):
         Param("slice_thickness", "float", 0.0, minimum=0.0, maximum=50.0, unit="mm",
               help="FWHM of the slice profile; 0 = the slice spacing (no gap). Gap = spacing - thickness"),
         Param("max_steps", "int", 0, minimum=0, maximum=10_000_000, help="training step limit; 0 = the preset's"),
-        Param("model_file", "str", "", help="reuse a saved model (.safetensors) instead of training"),
-        Param("save_model", "str", "", help="save the trained model here (.safetensors + .json card)"),
+        Param("model_file", "str", "", help="reuse a saved model (.safetensors) instead of training",
+              path="read", suffixes=(".safetensors", ".json")),
+        Param("save_model", "str", "", help="save the trained model here (.safetensors + .json card)",
+              path="write", suffixes=(".safetensors", ".json")),
     )
 
     # -- run -------------------------------------------------------------------------------------
@@ -355,7 +357,9 @@ class SelfSupervisedSR(ModelFamily):
                     "intended_use": self.intended_use,
                     "license": self.license,
                 }
-                info["saved_model"] = str(save_weights(params["save_model"], model.state_dict(), card))
+                info["saved_model"] = str(
+                    save_weights(params["save_model"], model.state_dict(), card, overwrite=ctx.overwrite)
+                )
 
         net_l1, base_l1 = self._validate(model, val_x, val_y, ctx)
         info["validation"] = {"l1_network": net_l1, "l1_bspline": base_l1, "patches": int(len(val_x))}

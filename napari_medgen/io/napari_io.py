@@ -8,8 +8,10 @@ module level (layers are duck-typed), so this module works in the CLI and in tes
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -17,8 +19,10 @@ import numpy as np
 
 from ..errors import InputError
 from ..volume import Volume
-from .dicom import folder_has_dicom, read_dicom_series
-from .nifti import is_nifti_path, read_nifti, write_nifti
+from .dicom import folder_has_dicom, read_dicom_series, read_each_dicom_series
+from .nifti import is_nifti_path, nifti_output, read_nifti
+from .output import check_outputs, write_file
+from .read import one_line, volume_kind
 
 __all__ = [
     "get_reader",
@@ -54,30 +58,116 @@ def _single_path(path: str | os.PathLike | Sequence[str | os.PathLike]) -> Path 
 
 
 def get_reader(path: str | os.PathLike | Sequence[str | os.PathLike]) -> Callable[..., list[LayerDataTuple]] | None:
-    """npe2 reader hook: a reader for NIfTI files, DICOM folders and ``.dcm`` files, else None."""
-    p = _single_path(path)
-    if p is None:
+    """npe2 reader hook: a reader for NIfTI files, DICOM folders and DICOM files, else None.
+
+    Only looks at names and magic bytes (napari calls it for every candidate path), and
+    never raises.
+    """
+    try:
+        p = _single_path(path)
+        if p is None:
+            return None
+        if p.is_dir():
+            return _read_dicom_layers if folder_has_dicom(p) else None
+        kind = volume_kind(p)
+    except Exception:  # noqa: BLE001 - a path we cannot even look at is not ours to read
         return None
-    if is_nifti_path(p) and not p.is_dir():
+    if kind == "nifti":
         return _read_nifti_layers
-    if p.is_dir():
-        return _read_dicom_layers if folder_has_dicom(p) else None
-    if p.suffix.lower() == ".dcm":
+    if kind == "dicom":
         return _read_dicom_layers
     return None
 
 
+def _reader_errors(reader: Callable[..., list[LayerDataTuple]]) -> Callable[..., list[LayerDataTuple]]:
+    """Only :class:`InputError` (one line, naming the file) leaves a reader: napari shows it as is."""
+
+    @functools.wraps(reader)
+    def wrapper(path: Any) -> list[LayerDataTuple]:
+        try:
+            return reader(path)
+        except InputError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the guarantee: no third-party type reaches napari
+            first = path[0] if isinstance(path, (list, tuple)) and path else path
+            raise InputError(f"could not open '{Path(str(first)).name}': {one_line(exc)}") from exc
+
+    return wrapper
+
+
+def _layer(volume: Volume, kind: str = "image", name: str | None = None) -> LayerDataTuple:
+    """A layer-data tuple; RGB(A) volumes (channel axis last) become ``rgb=True`` image layers."""
+    if not volume.metadata.get("rgb"):
+        return volume_to_layer_data(volume, kind=kind, name=name)
+    colour = np.asarray(volume.data)
+    _, kwargs, _ = volume_to_layer_data(volume.with_data(colour[..., 0]), kind="image", name=name)
+    kwargs.pop("colormap", None)
+    kwargs.pop("contrast_limits", None)
+    kwargs["rgb"] = True
+    return (colour, kwargs, "image")
+
+
+def _one_path(path: Any, what: str) -> Path:
+    p = _single_path(path)
+    if p is None:
+        raise InputError(f"MedGen opens one {what} at a time; got {len(path)} paths")
+    return p
+
+
+@_reader_errors
 def _read_nifti_layers(path: str | os.PathLike | Sequence[str | os.PathLike]) -> list[LayerDataTuple]:
-    p = _single_path(path)
-    volume = read_nifti(p)
-    kind = "labels" if looks_like_labels(volume) else "image"
-    return [volume_to_layer_data(volume, kind=kind)]
+    volume = read_nifti(_one_path(path, "NIfTI file"))
+    kind = "labels" if not volume.metadata.get("rgb") and looks_like_labels(volume) else "image"
+    return _present([_layer(volume, kind=kind)])
 
 
+@_reader_errors
 def _read_dicom_layers(path: str | os.PathLike | Sequence[str | os.PathLike]) -> list[LayerDataTuple]:
-    p = _single_path(path)
-    volume = read_dicom_series(p)
-    return [volume_to_layer_data(volume, kind="image")]
+    """A DICOM file (its series), or a folder: one layer per series; a bad series does not block the others."""
+    p = _one_path(path, "DICOM folder")
+    if not p.is_dir():
+        return _present([_layer(read_dicom_series(p))])
+    results = read_each_dicom_series(p)
+    if len(results) == 1:
+        _, outcome = results[0]
+        if isinstance(outcome, InputError):
+            raise outcome
+        return _present([_layer(outcome)])
+    layers: list[LayerDataTuple] = []
+    failures: list[str] = []
+    for summary, outcome in results:
+        if isinstance(outcome, InputError):
+            failures.append(f"{summary['layer_name']}: {one_line(outcome)}")
+            continue
+        # a volume is named "<number>: <description>"; a 2D image after its file
+        name = summary["layer_name"] if np.ndim(outcome.data) - bool(outcome.metadata.get("rgb")) >= 3 else outcome.name
+        layers.append(_layer(outcome, name=name))
+    if not layers:
+        raise InputError(f"none of the {len(results)} DICOM series in folder '{p.name}' could be read: {'; '.join(failures)}")
+    if failures:  # napari shows warnings raised while reading as notifications
+        warnings.warn(
+            f"MedGen skipped {len(failures)} of the {len(results)} DICOM series in folder '{p.name}': {'; '.join(failures)}",
+            UserWarning,
+            stacklevel=2,
+        )
+    return _present(layers)
+
+
+def _present(layer_data: list[LayerDataTuple]) -> list[LayerDataTuple]:
+    """Last step of every reader: prepare the viewer to show the scans (display convention)."""
+    try:  # a display nicety must never stop a file from opening
+        import napari
+
+        from ..display import install_reading_convention
+
+        viewer = napari.current_viewer()
+        if viewer is not None:
+            install_reading_convention(viewer)  # applied when these layers are inserted
+    except Exception:  # noqa: BLE001 - no napari (CLI), or no viewer
+        import logging
+
+        logging.getLogger("napari_medgen.io").debug("reading convention not installed", exc_info=True)
+    return layer_data
 
 
 def looks_like_labels(volume: Volume) -> bool:
@@ -284,6 +374,12 @@ def _nifti_target(path: str | os.PathLike) -> Path:
 
 
 def _write_layer(path: str, data: Any, meta: dict[str, Any], labels: bool) -> list[str]:
+    """Save a layer through the one output path: atomic, and never over the scan a result came from.
+
+    napari's Save dialog has already asked before replacing an existing file, so the file is
+    replaced; but a MedGen result is never written over the file of the run's input (its
+    ``metadata["nifti"]["source_path"]``): that would destroy the scan it was computed from.
+    """
     attrs = dict(meta or {})
     attrs["data"] = data
     volume = layer_to_volume(attrs)
@@ -293,7 +389,12 @@ def _write_layer(path: str, data: Any, meta: dict[str, Any], labels: bool) -> li
             volume.data = arr.astype(np.uint8)
         elif not np.issubdtype(arr.dtype, np.integer):
             volume.data = np.round(arr).astype(np.int32)
-    written = write_nifti(volume, _nifti_target(path))
+    target, writer = nifti_output(volume, _nifti_target(path))
+    layer_meta = attrs.get("metadata") or {}
+    source = (layer_meta.get("nifti") or {}).get("source_path")
+    if "medgen" in layer_meta and source:
+        check_outputs([target], [("input scan of this result", source)], overwrite=True, roles=["save"])
+    written = write_file(target, writer, overwrite=True, role="layer file")
     return [str(written)]
 
 

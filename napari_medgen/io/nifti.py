@@ -35,9 +35,11 @@ on disk looks like:
 
 from __future__ import annotations
 
+import gzip
 import os
+import zlib
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Callable
 
 import nibabel as nib
 import numpy as np
@@ -45,6 +47,7 @@ from nibabel import orientations as nio
 
 from ..errors import InputError
 from ..volume import Volume
+from .read import one_line, quiet_readers
 
 __all__ = [
     "read_nifti",
@@ -135,6 +138,18 @@ def volume_to_ras(volume: Volume, target_ornt: str | None = None) -> tuple[np.nd
 
 
 # -- reading --------------------------------------------------------------------------------
+#: CIFTI-2 files are NIfTI-2 containers of surface/grayordinate data, not volumes
+_CIFTI_SUFFIXES = (
+    ".dtseries.nii", ".dscalar.nii", ".dlabel.nii", ".dconn.nii", ".ptseries.nii", ".pscalar.nii",
+    ".plabel.nii", ".pconn.nii", ".pdconn.nii", ".dpconn.nii", ".dfan.nii", ".fibertemp.nii",
+)
+_ANALYZE_HEADER_SUFFIXES = (".hdr", ".hdr.gz")
+_ANALYZE_IMAGE_SUFFIXES = (".img", ".img.gz")
+# uncompressed size above which a .nii.gz header is checked against the gzip trailer before
+# anything is allocated (a damaged dim field must not allocate gigabytes)
+_GZIP_CHECK_BYTES = 2**31
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return value.tolist()
@@ -145,38 +160,287 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def read_nifti(path: str | os.PathLike) -> Volume:
-    """Read a ``.nii``/``.nii.gz`` file into a Volume in napari order (see module docstring)."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"NIfTI file not found: {path}")
+def _split_suffix(name: str, suffixes: tuple[str, ...]) -> tuple[str, str] | None:
+    lower = name.lower()
+    for suffix in sorted(suffixes, key=len, reverse=True):
+        if lower.endswith(suffix):
+            return name[: -len(suffix)], name[len(name) - len(suffix) :]
+    return None
+
+
+def _pair_files(path: Path) -> tuple[Path, Path]:
+    """(header file, image file) of a NIfTI/Analyze file or ``.hdr``/``.img`` pair; checks both exist."""
+    as_header = _split_suffix(path.name, _ANALYZE_HEADER_SUFFIXES)
+    as_image = _split_suffix(path.name, _ANALYZE_IMAGE_SUFFIXES)
+    if as_header is None and as_image is None:
+        return path, path
+    stem, suffix = as_header or as_image  # type: ignore[misc]
+    gz = suffix.lower().endswith(".gz")
+    if as_header is not None:
+        candidates = [path.with_name(stem + s) for s in ((".img.gz", ".img") if gz else (".img", ".img.gz"))]
+        image = next((c for c in candidates if c.is_file()), None)
+        if image is None:
+            raise InputError(f"{path.name} has no image file {candidates[0].name} next to it (an Analyze/NIfTI pair needs both)")
+        return path, image
+    candidates = [path.with_name(stem + s) for s in ((".hdr.gz", ".hdr") if gz else (".hdr", ".hdr.gz"))]
+    header = next((c for c in candidates if c.is_file()), None)
+    if header is None:
+        raise InputError(f"{path.name} has no header file {candidates[0].name} next to it (an Analyze/NIfTI pair needs both)")
+    return header, path
+
+
+def _display_name(path: Path) -> str:
+    for suffixes in (_ANALYZE_HEADER_SUFFIXES, _ANALYZE_IMAGE_SUFFIXES):
+        split = _split_suffix(path.name, suffixes)
+        if split is not None:
+            return split[0]
+    return strip_nifti_suffix(path)
+
+
+def _cifti_error(name: str) -> InputError:
+    return InputError(f"{name} is a CIFTI file (surface/grayordinate data), not a volume; open a NIfTI volume instead")
+
+
+def _damaged_stream(name: str, exc: BaseException) -> InputError:
+    return InputError(f"{name} is truncated or its compressed data is damaged ({one_line(exc)})")
+
+
+def _gzip_problem(path: Path) -> BaseException | None:
+    """The error met decompressing a ``.gz`` file to its end (truncated/corrupt), or None."""
+    if not path.name.lower().endswith(".gz"):
+        return None
     try:
-        img = nib.load(str(path))
-    except Exception as exc:  # noqa: BLE001 - nibabel raises many types for bad files
-        raise InputError(f"could not read {path.name} as NIfTI: {exc}") from exc
-    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
-        img = nib.Nifti1Image.from_image(img)
+        with gzip.open(path, "rb") as fh:
+            while fh.read(1 << 22):
+                pass
+    except (EOFError, zlib.error, OSError) as exc:
+        return exc
+    return None
+
+
+def _raw_header(header_path: Path, name: str) -> Any:
+    """The header of the file as stored, without nibabel's silent fixes, or an InputError."""
+    from nibabel.openers import ImageOpener
+
+    try:
+        with ImageOpener(str(header_path)) as fh:
+            block = fh.read(540)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise _damaged_stream(header_path.name, exc) from exc
+    except OSError as exc:
+        raise InputError(f"cannot open {header_path.name}: {one_line(exc)}") from exc
+    if len(block) == 0:
+        raise InputError(f"{header_path.name} is empty")
+    if len(block) < 348:
+        raise InputError(f"{header_path.name} is too short to be a NIfTI file ({len(block)} bytes; its header alone is 348); it is truncated")
+    sizes = {int.from_bytes(block[:4], order): mark for order, mark in (("little", "<"), ("big", ">"))}
+    try:
+        if 540 in sizes and len(block) >= 540 and block[4:8] in (b"n+2\x00", b"ni2\x00"):
+            return nib.Nifti2Header(block[:540], endianness=sizes[540], check=False)
+        if 348 in sizes:
+            if block[344:348] in (b"n+1\x00", b"ni1\x00"):
+                return nib.Nifti1Header(block[:348], endianness=sizes[348], check=False)
+            return nib.AnalyzeHeader(block[:348], endianness=sizes[348], check=False)
+    except Exception as exc:  # noqa: BLE001 - a damaged block
+        raise InputError(f"{header_path.name} has a damaged NIfTI header ({one_line(exc)})") from exc
+    raise InputError(f"{name} is not a NIfTI file (its first bytes are not a NIfTI or Analyze header)")
+
+
+def _zooms_problem(pixdim: np.ndarray, name: str, used_by: str) -> str | None:
+    bad = [i + 1 for i, v in enumerate(pixdim) if not np.isfinite(v) or v == 0]
+    if bad:
+        shown = ", ".join(f"{float(v):g}" for v in pixdim)
+        return (
+            f"{name} has voxel size ({shown}) in its header (pixdim), which {used_by}; a zero or NaN "
+            "voxel size means the file header is damaged"
+        )
+    return None
+
+
+def _transform_problem(hdr: Any, name: str, which: str) -> str | None:
+    """What is wrong with the sform or the qform of a header, or None."""
+    if which == "sform":
+        srow = np.stack([np.asarray(hdr[k], dtype=float) for k in ("srow_x", "srow_y", "srow_z")])
+        if not np.all(np.isfinite(srow)):
+            return f"the sform of {name} holds NaN/Inf values; the file header is damaged"
+        if abs(np.linalg.det(srow[:, :3])) < 1e-12:
+            return (
+                f"the sform of {name} is not a valid voxel-to-world transform (its 3x3 part is singular: "
+                "a zero voxel size or collapsed axes); the file header is damaged"
+            )
+        return None
+    quat = np.asarray([hdr[k] for k in ("quatern_b", "quatern_c", "quatern_d")], dtype=float)
+    offset = np.asarray([hdr[k] for k in ("qoffset_x", "qoffset_y", "qoffset_z")], dtype=float)
+    if not (np.all(np.isfinite(quat)) and np.all(np.isfinite(offset))):
+        return f"the qform of {name} holds NaN/Inf values; the file header is damaged"
+    norm2 = float(np.sum(quat**2))
+    if norm2 > 1.0 + 1e-5:
+        shown = ", ".join(f"{v:g}" for v in quat)
+        return (
+            f"the qform of {name} is not a valid rotation (quaternion b, c, d = {shown}, whose squares sum to "
+            f"{norm2:.3g} > 1); the file header is damaged"
+        )
+    return None
+
+
+def _header_problem(hdr: Any, name: str, strict: bool = False) -> str | None:
+    """A one-line description of what makes the stored header unusable, or None.
+
+    Only the transform nibabel will use is checked (sform, else qform, else pixdim), unless
+    ``strict`` (after nibabel failed anyway), when the unused one is checked too.
+    """
+    dim = np.asarray(hdr["dim"], dtype=np.int64)
+    ndim = int(dim[0])
+    if not 1 <= ndim <= 7:
+        return f"{name} has an invalid number of dimensions ({ndim}) in its header; the file is damaged or not NIfTI"
+    sizes = dim[1 : ndim + 1]
+    if np.any(sizes < 0):
+        return f"{name} has negative image dimensions {sizes.tolist()} in its header; the file header is damaged"
+    if np.any(sizes == 0):
+        return f"{name} has an empty image (dimensions {sizes.tolist()}) in its header"
+    try:
+        hdr.get_data_dtype()
+    except Exception:  # noqa: BLE001 - nibabel: "data code N not recognized"
+        return f"{name} has an unknown data type code {int(hdr['datatype'])} in its header; the file is damaged or not NIfTI"
+    pixdim = np.asarray(hdr["pixdim"], dtype=float)[1 : min(ndim, 3) + 1]
+    codes = ("sform_code", "qform_code")
+    sform_code, qform_code = (int(hdr[c]) if c in hdr else 0 for c in codes)
+    problems: list[str | None] = []
+    if sform_code > 0:
+        problems.append(_transform_problem(hdr, name, "sform"))
+    if qform_code > 0 and (sform_code <= 0 or strict):
+        problems.append(_transform_problem(hdr, name, "qform"))
+        problems.append(_zooms_problem(pixdim, name, "the qform uses"))
+    if sform_code <= 0 and qform_code <= 0:
+        problems.append(_zooms_problem(pixdim, name, "sets the spacing (the file has no sform/qform)"))
+    return next((p for p in problems if p), None)
+
+
+def _size_problem(img: Any, hdr: Any, name: str) -> str | None:
+    """The image data cannot be in the file: refuse before allocating anything."""
+    try:
+        image_path = Path(img.file_map["image"].filename)
+        offset = int(img.header.get_data_offset())
+        nbytes = int(np.prod(img.shape, dtype=np.float64) * img.header.get_data_dtype().itemsize)
+    except Exception:  # noqa: BLE001 - nothing to compare against
+        return None
+    expected = offset + nbytes
+    shape = "x".join(str(s) for s in img.shape)
+    if image_path.name.lower().endswith(".gz"):
+        if expected < _GZIP_CHECK_BYTES:
+            return None
+        try:
+            with open(image_path, "rb") as fh:
+                fh.seek(-4, os.SEEK_END)
+                isize = int.from_bytes(fh.read(4), "little")
+        except OSError:
+            return None
+        if isize != expected % 2**32:
+            return (
+                f"{name} describes {shape} voxels ({expected / 2**30:.1f} GiB) but its compressed data does not "
+                "hold that much; the file is truncated or its header is damaged"
+            )
+        return None
+    try:
+        size = image_path.stat().st_size
+    except OSError:
+        return None
+    if size < expected:
+        return (
+            f"{name} is truncated: its header describes {shape} voxels of {img.header.get_data_dtype()} "
+            f"({expected} bytes with the header) but the file holds {size} bytes"
+        )
+    return None
+
+
+def _rgb_volume_from_ras(data: np.ndarray, affine_ras: np.ndarray, name: str, metadata: dict[str, Any]) -> Volume:
+    """RGB(A) voxel data ``(i, j[, k], C)`` -> a Volume in napari order, channel axis last, ``rgb`` marked."""
+    channels = [volume_from_ras(data[..., c], affine_ras) for c in range(data.shape[-1])]
+    stacked = np.stack([ch.data for ch in channels], axis=-1)
+    return Volume(stacked, channels[0].affine, name=name, metadata=dict(metadata, rgb=True))
+
+
+def _load_data(img: Any, name: str) -> tuple[np.ndarray, bool]:
+    """The voxel array (scaled if the header says so) and whether it is RGB(A) colour."""
     header = img.header
     dtype = header.get_data_dtype()
-    # nibabel moves scl_slope/scl_inter from the loaded header into the array proxy
-    slope = float(getattr(img.dataobj, "slope", 1.0))
-    inter = float(getattr(img.dataobj, "inter", 0.0))
-    trivial_scaling = slope == 1.0 and inter == 0.0
-    if (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.bool_)) and trivial_scaling:
-        data = np.asarray(img.dataobj)
-    else:
-        data = img.get_fdata(dtype=np.float32)
+    try:
+        if dtype.names:  # RGB24 / RGBA32: a structured dtype with R, G, B(, A) fields
+            from numpy.lib import recfunctions
+
+            raw = np.asarray(img.dataobj)
+            return np.ascontiguousarray(recfunctions.structured_to_unstructured(raw)), True
+        # nibabel moves scl_slope/scl_inter from the loaded header into the array proxy
+        slope = float(getattr(img.dataobj, "slope", 1.0))
+        inter = float(getattr(img.dataobj, "inter", 0.0))
+        if (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.bool_)) and slope == 1.0 and inter == 0.0:
+            data = np.asarray(img.dataobj)
+        else:
+            data = img.get_fdata(dtype=np.float32)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise _damaged_stream(name, exc) from exc
+    except MemoryError as exc:
+        raise InputError(f"{name} describes an image of {img.shape} voxels, too large to load here") from exc
+    except (OSError, ValueError) as exc:
+        raise InputError(f"the image data of {name} cannot be read; the file is truncated or damaged ({one_line(exc)})") from exc
     # squeeze trailing singleton dimensions beyond the third (e.g. X, Y, Z, 1)
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
+    # colour stored as 8-bit channels along the last axis: (X, Y, Z, C) or (X, Y, Z, 1, C)
+    if data.dtype == np.uint8 and data.ndim == 5 and data.shape[3] == 1 and data.shape[4] in (3, 4):
+        data = data[:, :, :, 0, :]
+    rgb = data.dtype == np.uint8 and data.ndim == 4 and data.shape[-1] in (3, 4)
+    return data, rgb
 
+
+def _read_nifti(path: Path) -> Volume:
+    if not path.exists():
+        raise InputError(f"NIfTI file not found: {path}")
+    if path.is_dir():
+        raise InputError(f"{path.name} is a folder, not a NIfTI file")
+    name = path.name
+    if name.lower().endswith(_CIFTI_SUFFIXES):
+        raise _cifti_error(name)
+    header_path, _ = _pair_files(path)
+    raw = _raw_header(header_path, name)
+    problem = _header_problem(raw, name)
+    if problem:
+        raise InputError(problem)
+    intent = int(raw["intent_code"]) if "intent_code" in raw else 0
+    if 3000 <= intent < 3100:  # NIFTI_INTENT_CONNECTIVITY_*: CIFTI
+        raise _cifti_error(name)
+    try:
+        img = nib.load(str(path))
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise _damaged_stream(name, exc) from exc
+    except NotImplementedError as exc:
+        raise InputError(f"{name} is a kind of NIfTI file nibabel cannot read as a volume ({one_line(exc) or 'not supported'})") from exc
+    except Exception as exc:  # noqa: BLE001 - nibabel raises many types for bad files
+        stream = _gzip_problem(path)
+        if stream is not None:
+            raise _damaged_stream(name, stream) from exc
+        raise InputError(_header_problem(raw, name, strict=True) or f"could not read {name} as NIfTI: {one_line(exc)}") from exc
+    if isinstance(img, nib.Cifti2Image):
+        raise _cifti_error(name)
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        img = nib.Nifti1Image.from_image(img)
+    size_problem = _size_problem(img, raw, name)
+    if size_problem:
+        raise InputError(size_problem)
+    header = img.header
+    dtype = header.get_data_dtype()
     affine = np.asarray(img.affine, dtype=float)
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        which = "sform" if int(header["sform_code"]) > 0 else "qform" if int(header["qform_code"]) > 0 else "voxel size"
+        raise InputError(f"the {which} of {name} does not give a valid voxel-to-world transform; the file header is damaged")
+    data, rgb = _load_data(img, name)
+
     space_unit, time_unit = header.get_xyzt_units()
     to_mm = _UNIT_TO_MM.get(space_unit, 1.0)
     affine_mm = affine.copy()
     affine_mm[:3, :] *= to_mm
     intent_code, intent_params, intent_name = header.get_intent()
-    meta = {
+    meta: dict[str, Any] = {
         "nifti": {
             "source_path": str(path),
             "source_affine": affine.tolist(),
@@ -191,7 +455,32 @@ def read_nifti(path: str | os.PathLike) -> Volume:
             "descrip": _jsonable(header["descrip"][()]),
         }
     }
-    return volume_from_ras(data, affine_mm, name=strip_nifti_suffix(path), metadata=meta)
+    if rgb:
+        return _rgb_volume_from_ras(data, affine_mm, _display_name(path), meta)
+    return volume_from_ras(data, affine_mm, name=_display_name(path), metadata=meta)
+
+
+def read_nifti(path: str | os.PathLike) -> Volume:
+    """Read a NIfTI file (``.nii``/``.nii.gz``, or an Analyze/NIfTI ``.hdr``/``.img`` pair) into a Volume.
+
+    The result is in napari order (see the module docstring). RGB24/RGBA32 files, and 4D
+    uint8 files whose last axis holds 3 or 4 colour channels, give ``(S, A, R, C)`` data
+    with ``metadata["rgb"] = True``. Any problem with the file (missing, truncated, not
+    NIfTI, CIFTI, a damaged sform/qform/pixdim/dim) raises :class:`InputError` with one
+    line naming the file; nibabel's warnings and log messages are silenced.
+    """
+    from ..errors import MedGenError
+
+    path = Path(path)
+    try:
+        with quiet_readers():
+            return _read_nifti(path)
+    except InputError:
+        raise
+    except MedGenError as exc:
+        raise InputError(one_line(exc)) from exc
+    except Exception as exc:  # noqa: BLE001 - the guarantee: only InputError leaves a reader
+        raise InputError(f"could not read {path.name} as NIfTI: {one_line(exc)}") from exc
 
 
 # -- writing --------------------------------------------------------------------------------
@@ -238,13 +527,12 @@ def _resolve_output_path(path: str | os.PathLike) -> Path:
     raise InputError(f"cannot write {path.name}: NIfTI file names end with .nii or .nii.gz")
 
 
-def write_nifti(volume: Volume, path: str | os.PathLike, like: Any = None) -> Path:
-    """Write a Volume as ``.nii``/``.nii.gz`` in its source orientation; returns the path written.
+def nifti_image(volume: Volume, like: Any = None) -> nib.Nifti1Image:
+    """The NIfTI image of a Volume in its source orientation (see the module docstring).
 
     ``like`` (a Volume, a NIfTI path or a ``metadata["nifti"]`` dict) supplies the source
     orientation and header codes when ``volume`` carries none of its own.
     """
-    path = _resolve_output_path(path)
     src = dict(volume.metadata.get("nifti") or {}) or _nifti_meta_from_like(like)
     data, affine = volume_to_ras(volume, src.get("source_ornt"))
     # snap to the file's own affine when the geometry did not change (exact round trip)
@@ -277,12 +565,42 @@ def write_nifti(volume: Volume, path: str | os.PathLike, like: Any = None) -> Pa
         except Exception:  # noqa: BLE001 - an intent we cannot restore is not worth failing for
             pass
     header["descrip"] = b"napari-medgen"
+    return img
+
+
+def nifti_writer(img: nib.Nifti1Image, compressed: bool) -> Callable[[IO[bytes]], None]:
+    """A writer of ``img`` into a binary file (gzip level 1 for ``.nii.gz``, as nibabel saves)."""
+
+    def write(fh: IO[bytes]) -> None:
+        if compressed:
+            with gzip.GzipFile(filename="", fileobj=fh, mode="wb", compresslevel=1, mtime=0) as gz:
+                img.to_stream(gz)
+        else:
+            img.to_stream(fh)
+
+    return write
+
+
+def nifti_output(volume: Volume, path: str | os.PathLike, like: Any = None) -> tuple[Path, Callable[[IO[bytes]], None]]:
+    """The file name (``.nii.gz`` added when there is no suffix) and the writer of ``volume``.
+
+    For callers that commit several outputs together (:class:`~napari_medgen.io.output.OutputTransaction`).
+    """
+    path = _resolve_output_path(path)
+    return path, nifti_writer(nifti_image(volume, like), path.name.lower().endswith(".gz"))
+
+
+def write_nifti(volume: Volume, path: str | os.PathLike, like: Any = None, *, overwrite: bool = False) -> Path:
+    """Write a Volume as ``.nii``/``.nii.gz`` in its source orientation, atomically; returns the path.
+
+    An existing file is replaced only with ``overwrite=True``; a failure midway leaves no file
+    under ``path`` and an earlier file there intact (see :mod:`napari_medgen.io.output`).
+    """
+    from .output import write_file
+
+    path, writer = nifti_output(volume, path, like)
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        nib.save(img, str(path))
-    except Exception as exc:  # noqa: BLE001
-        raise InputError(f"could not write {path}: {exc}") from exc
-    return path
+    return write_file(path, writer, overwrite=overwrite, role="output")
 
 
 # -- coordinates (for the CLI's --points) -------------------------------------------------

@@ -21,6 +21,7 @@ from napari_medgen import (
     InputSpec,
     ModelFamily,
     Output,
+    OutputSpec,
     Param,
     Result,
     RunContext,
@@ -126,6 +127,10 @@ class IntensityOutlier(ModelFamily):
     license = "BSD-3-Clause"
     intended_use = RESEARCH_USE
     wants_gpu = False
+    outputs = (
+        OutputSpec("heatmap", "heatmap", "absolute robust z-score of the local-median residual"),
+        OutputSpec("regions", "labels", "candidate regions above the threshold, 1..K by decreasing peak"),
+    )
     params = (
         Param("median_mm", "float", 5.0, help="Size of the local-median window.", minimum=1.0, maximum=50.0,
               label="median window", unit="mm"),

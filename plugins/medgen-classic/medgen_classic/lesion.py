@@ -20,6 +20,7 @@ from napari_medgen import (
     InputSpec,
     ModelFamily,
     Output,
+    OutputSpec,
     Param,
     Result,
     RunContext,
@@ -106,6 +107,10 @@ class ProceduralLesion(ModelFamily):
     license = "BSD-3-Clause"
     intended_use = RESEARCH_USE
     wants_gpu = False
+    outputs = (
+        OutputSpec("image", "image", "the scan with the lesions inserted"),
+        OutputSpec("mask", "labels", "lesion labels 1..N"),
+    )
     params = (
         Param("n_lesions", "int", 3, help="Number of lesions when no points are given.", minimum=1, maximum=100,
               label="number of lesions"),
