@@ -40,6 +40,13 @@ def _registry(monkeypatch):
     reg_mod.set_registry(None)
 
 
+@pytest.fixture(autouse=True)
+def _config_dir(monkeypatch, tmp_path_factory):
+    """User settings (the display convention) go to a fresh folder, never to ~/.config."""
+    monkeypatch.setenv("MEDGEN_CONFIG_DIR", str(tmp_path_factory.mktemp("medgen-config")))
+    monkeypatch.delenv("MEDGEN_DISPLAY_CONVENTION", raising=False)
+
+
 @pytest.fixture
 def registry(_registry):
     return _registry

@@ -116,15 +116,15 @@ def simulate_thick_slices(
 
 
 def sample_brain() -> list[tuple]:
-    """npe2 sample: the MNI152 T1 template at 1 mm."""
-    from .napari_io import volume_to_layer_data
+    """npe2 sample: the MNI152 T1 template at 1 mm (shown as radiologists read it, like an opened file)."""
+    from .napari_io import _present, volume_to_layer_data
 
-    return [volume_to_layer_data(load_mni152("t1"), name="MNI152 T1")]
+    return _present([volume_to_layer_data(load_mni152("t1"), name="MNI152 T1")])
 
 
 def sample_thick_brain() -> list[tuple]:
     """npe2 sample: the MNI152 T1 with simulated 4 mm axial slices (a super-resolution input)."""
-    from .napari_io import volume_to_layer_data
+    from .napari_io import _present, volume_to_layer_data
 
     thick = simulate_thick_slices(load_mni152("t1"), slice_mm=4.0, axis=0)
-    return [volume_to_layer_data(thick, name="MNI152 T1 4mm")]
+    return _present([volume_to_layer_data(thick, name="MNI152 T1 4mm")])

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 
 from ..family import Task
 from .families_panel import FamiliesPanel
+from .superres_compare import SuperresCompare
+from .superres_plan import PLAN_PARAMS, superres_plan
 from .task_widget import TaskWidget
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -17,6 +19,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "TaskWidget",
     "FamiliesPanel",
+    "SuperresCompare",
     "superres_widget",
     "anomaly_widget",
     "harmonize_widget",
@@ -26,10 +29,17 @@ __all__ = [
 
 
 class superres_widget(TaskWidget):  # noqa: N801 - the manifest's python_name
-    """Super-resolution dock."""
+    """Super-resolution dock, with the plan line (slice axis, target) and the input/result compare view."""
 
     def __init__(self, napari_viewer: "napari.viewer.Viewer") -> None:
         super().__init__(napari_viewer, Task.SUPERRES)
+        self.add_summary_part(superres_plan, watch=PLAN_PARAMS)
+        self.compare = SuperresCompare(self)
+        self.compare_button = self.compare.button
+
+    def toggle_compare(self) -> None:
+        """Input and result side by side in a through-plane reformat, or back (the button)."""
+        self.compare.toggle()
 
 
 class anomaly_widget(TaskWidget):  # noqa: N801

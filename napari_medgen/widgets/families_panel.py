@@ -1,11 +1,17 @@
-"""The Model families dock: every registered family and every plugin that failed to load."""
+"""The Model families dock: every registered family and every plugin that failed to load.
+
+It also holds the viewer-wide display setting: radiological (default) or neurological.
+"""
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QAbstractItemView,
+    QComboBox,
     QHBoxLayout,
     QHeaderView,
     QLabel,
@@ -16,7 +22,9 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from .. import display
 from ..registry import get_registry
+from ._dock import ScrollDock
 from ._signals import registry_events
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -27,14 +35,20 @@ __all__ = ["FamiliesPanel"]
 COLUMNS = ("Family", "Task", "Version", "Package", "Status")
 
 
-class FamiliesPanel(QWidget):
+DISPLAY_TIPS = {
+    "radiological": "as radiologists read scans: the patient's right on the screen's left (from the feet)",
+    "neurological": "the patient's right on the screen's right (seen from above / behind)",
+}
+
+
+class FamiliesPanel(ScrollDock):
     """Lists families (id, task, version, package, status) and plugin load errors."""
 
     def __init__(self, viewer: "napari.viewer.Viewer | None" = None, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = viewer
         self.setObjectName("medgen-families")
-        layout = QVBoxLayout(self)
+        layout = QVBoxLayout(self.content)
         layout.addWidget(QLabel("<b>Model families</b>"))
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(COLUMNS)
@@ -54,7 +68,40 @@ class FamiliesPanel(QWidget):
         row.addWidget(self.reload_button)
         row.addStretch(1)
         layout.addLayout(row)
+        layout.addLayout(self._build_display_row())
         self.refresh()
+        self.fit_width()
+        if viewer is not None:
+            display.install_reading_convention(viewer)
+
+    def _build_display_row(self) -> QHBoxLayout:
+        """Display: radiological / neurological, saved for later sessions."""
+        row = QHBoxLayout()
+        label = QLabel("Display")
+        self.display_combo = QComboBox()
+        for i, name in enumerate(display.CONVENTIONS):
+            self.display_combo.addItem(name)
+            self.display_combo.setItemData(i, DISPLAY_TIPS[name], Qt.ItemDataRole.ToolTipRole)
+        self.display_combo.setCurrentText(display.current_convention())
+        self.display_combo.setToolTip(
+            "how scans are put on the screen (anterior/superior up either way); saved for later sessions"
+        )
+        if os.environ.get(display.ENV_VAR, "").strip():
+            self.display_combo.setEnabled(False)
+            self.display_combo.setToolTip(f"set by the environment variable {display.ENV_VAR}")
+        self.display_combo.currentTextChanged.connect(self.set_display_convention)
+        label.setBuddy(self.display_combo)
+        row.addWidget(label)
+        row.addWidget(self.display_combo)
+        row.addStretch(1)
+        return row
+
+    def set_display_convention(self, name: str) -> None:
+        """Use and save the radiological or neurological convention (the Display combo)."""
+        if self.display_combo.currentText() != name:
+            self.display_combo.setCurrentText(name)  # comes back here through the signal
+            return
+        display.set_convention(name)
 
     def rows(self) -> list[tuple[str, ...]]:
         """The table's rows as text (families, then failed plugins)."""

@@ -1,17 +1,23 @@
 """One family-driven dock for every task: inputs, family, parameters, device, Run/Cancel.
 
-Long work runs in a napari thread worker; progress travels back through a Qt signal and a
-``napari.utils.progress`` bar in the activity dock. Results arrive as new layers; the
-input layers are never modified. ``SYNCHRONOUS = True`` (or ``MEDGEN_SYNC_WORKERS=1``) runs
-in the calling thread, for deterministic tests.
+Long work runs in a napari thread worker; progress travels back through a Qt signal tagged
+with the run's number, to the dock's bar and to one :class:`RunProgress` bar in the activity
+dock; signals of a run that has ended are ignored. Results arrive as new layers; the input
+layers are never modified. ``SYNCHRONOUS = True`` (or ``MEDGEN_SYNC_WORKERS=1``) runs in the
+calling thread, for deterministic tests. Task-specific parts (the SR plan line and compare
+view) live in modules of their own and are added with :meth:`TaskWidget.add_summary_part`
+and :meth:`TaskWidget.add_task_widget`.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
-from typing import TYPE_CHECKING, Any
+import weakref
+from functools import partial
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 from magicgui import widgets as mw
@@ -31,6 +37,8 @@ from ..errors import Cancelled, MedGenError
 from ..family import Inputs, ModelFamily, Param, Result, Task
 from ..io.napari_io import layer_to_volume, volume_to_layer_data
 from ..registry import FamilyEntry, get_registry
+from ._dock import ScrollDock
+from ._run_progress import RunProgress
 from ._signals import registry_events
 from .loss_plot import LossPlot
 
@@ -73,21 +81,72 @@ def param_widget(param: Param) -> mw.ValueWidget:
             w.native.setDecimals(max(2, int(-np.log10(step)) + 1))
         except Exception:  # pragma: no cover - backend without decimals
             pass
+    elif param.path:  # a file the run reads or writes: a line edit with a file dialog button
+        pattern = " ".join(f"*{suffix}" for suffix in param.suffixes[:1]) or "*"
+        w = mw.FileEdit(value=param.default, mode="r" if param.path == "read" else "w", filter=pattern,
+                        label=label, tooltip=tooltip)
     else:
         w = mw.LineEdit(value=param.default, label=label, tooltip=tooltip)
     w.name = param.name
     return w
 
 
+def param_value(widget: mw.ValueWidget) -> Any:
+    """A form widget's value as the family expects it (a file box's text: "" when empty, not ".")."""
+    if isinstance(widget, mw.FileEdit):
+        return str(widget.line_edit.value or "").strip()
+    return widget.value
+
+
 class _Bridge(QObject):
-    """Carries worker-thread events to the main thread (queued signal connections)."""
+    """Carries worker-thread events to the main thread (queued), tagged with the run's number."""
 
-    progressed = Signal(int, int, str)
-    metric = Signal(object)
+    progressed = Signal(int, float, float, str)  # run id, done, total, message
+    metric = Signal(int, object)  # run id, event
 
 
-class TaskWidget(QWidget):
-    """The dock for one :class:`Task`."""
+_run_ids = itertools.count(1)
+
+
+class _Run:
+    """One press of Run: its number, cancel flag and activity bar; it ends exactly once."""
+
+    def __init__(self, title: str, cancel: threading.Event) -> None:
+        self.id = next(_run_ids)
+        self.cancel = cancel
+        self.progress = RunProgress(title)
+        self.ended = False
+
+    def end(self) -> None:
+        self.ended = True
+        self.progress.close()
+
+    def abandon(self, *_: Any) -> None:
+        """The dock was closed mid-run: stop the family, drop the bar, ignore what comes back."""
+        self.cancel.set()
+        self.end()
+
+
+def _forget_layers(events: Any, slot_ref: weakref.WeakMethod, *_: Any) -> None:
+    """A deleted dock stops listening to the viewer's layer list (its widgets are gone).
+
+    The slot is held weakly so that this connection does not keep a closed dock alive.
+    """
+    slot = slot_ref()
+    if slot is None:
+        return  # the dock's Python object went first: napari's weak connection died with it
+    for ev in ("inserted", "removed", "moved", "changed"):
+        try:
+            getattr(events, ev).disconnect(slot)
+        except Exception:  # already gone with the viewer
+            log.debug("layer events already disconnected", exc_info=True)
+
+
+class TaskWidget(ScrollDock):
+    """The dock for one :class:`Task` (a scroll area: see :class:`ScrollDock`)."""
+
+    #: (result, names of the layers added): task-specific parts react to a finished run
+    result_added = Signal(object, list)
 
     def __init__(self, viewer: "napari.viewer.Viewer", task: Task | str, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -96,9 +155,10 @@ class TaskWidget(QWidget):
         self.setObjectName(f"medgen-{self.task.value}")
         self._entries: list[FamilyEntry] = []
         self._param_widgets: dict[str, mw.ValueWidget] = {}
+        self._summary_parts: list[tuple[Callable[..., str], tuple[str, ...]]] = []
         self._cancel = threading.Event()
         self._worker = None
-        self._pbar = None
+        self._run: _Run | None = None
         self._running = False
         self.last_result: Result | None = None
         self.last_error: str = ""
@@ -110,11 +170,16 @@ class TaskWidget(QWidget):
         self.refresh_families()
         for ev in ("inserted", "removed", "moved", "changed"):
             getattr(viewer.layers.events, ev).connect(self._on_layers_changed)
+        slot = weakref.WeakMethod(self._on_layers_changed)
+        self.destroyed.connect(partial(_forget_layers, viewer.layers.events, slot))
         registry_events.reloaded.connect(self._on_registry_reloaded)
+        from ..display import install_reading_convention
+
+        install_reading_convention(viewer)  # results show as radiologists read them
 
     # -- construction ------------------------------------------------------------
     def _build(self) -> None:
-        root = QVBoxLayout(self)
+        root = QVBoxLayout(self.content)
         root.setContentsMargins(6, 6, 6, 6)
         title = QLabel(f"<b>{self.task.title}</b>")
         root.addWidget(title)
@@ -196,23 +261,20 @@ class TaskWidget(QWidget):
         self.status.setWordWrap(True)
         self.status.setTextInteractionFlags(Qt.TextSelectableByMouse)
         root.addWidget(self.status)
-        self.compare_button = None
-        if self.task is Task.SUPERRES:
-            self.compare_button = QPushButton("Compare input and result (2x1 reformat)")
-            self.compare_button.setToolTip(
-                "side-by-side grid of the input and the last result, in a through-plane reformat; "
-                "click again to go back"
-            )
-            self.compare_button.setEnabled(False)
-            self.compare_button.clicked.connect(self.toggle_compare)
-            root.addWidget(self.compare_button)
-        self._compare_state: dict[str, Any] | None = None
-        self._last_pair: tuple[str, str] | None = None
+        self._task_rows = QVBoxLayout()  # task-specific rows (see add_task_widget)
+        self._task_rows.setContentsMargins(0, 0, 0, 0)
+        root.addLayout(self._task_rows)
         note = QLabel("<small>Research use only; not for diagnosis.</small>")
         note.setStyleSheet("color: #888;")
         root.addWidget(note)
         root.addStretch(1)
         self._update_device_label()
+        self.fit_width()
+
+    def add_task_widget(self, widget: QWidget) -> None:
+        """Add a task-specific row (e.g. the SR compare button) below the status line."""
+        self._task_rows.addWidget(widget)
+        self.fit_width()
 
     # -- layers ------------------------------------------------------------------
     def _layers_of(self, kind: str) -> list[str]:
@@ -258,32 +320,16 @@ class TaskWidget(QWidget):
         shape = tuple(np.shape(layer.data))
         sp = tuple(float(s) for s in layer.scale)
         text = f"shape {' x '.join(map(str, shape))}, spacing {' x '.join(f'{s:.3g}' for s in sp)} mm"
-        if self.task is Task.SUPERRES and len(sp) == 3:
-            text += "<br>" + self._superres_plan(sp)
+        if len(sp) == 3:
+            params = self.params()
+            text += "".join("<br>" + describe(sp, params) for describe, _ in self._summary_parts)
         self.summary.setText(text)
 
-    def _superres_plan(self, sp: tuple[float, ...]) -> str:
-        """What super-resolution will do: the detected slice axis and the output spacing."""
-        axis = int(np.argmax(sp))
-        inplane = [s for a, s in enumerate(sp) if a != axis]
-        choice = str(self.params().get("slice_axis", "auto"))
-        if choice in ("0", "1", "2"):
-            axis = int(choice)
-            inplane = [s for a, s in enumerate(sp) if a != axis]
-        if sp[axis] < 1.05 * min(inplane):
-            return "<span style='color:#e0a030'>no thick-slice axis: the spacing is (near-)isotropic</span>"
-        from ..errors import ParamError
-        from ..volume import parse_target_spacing
-
-        try:
-            target = parse_target_spacing(str(self.params().get("target_spacing", "auto")), sp, auto=min(inplane))
-        except ParamError as exc:
-            return f"<span style='color:#e55'>{exc}</span>"
-        factor = sp[axis] / target[axis]
-        return (
-            f"slice axis {axis} ({sp[axis]:.3g} mm) &rarr; target "
-            f"{' x '.join(f'{t:.3g}' for t in target)} mm ({factor:.2g}x along the slices)"
-        )
+    def add_summary_part(self, describe: Callable[[tuple[float, ...], dict[str, Any]], str],
+                         watch: Sequence[str] = ()) -> None:
+        """Add a task-specific line under the input summary (e.g. SR's plan), redrawn when ``watch`` params change."""
+        self._summary_parts.append((describe, tuple(watch)))
+        self._on_family_changed()
 
     # -- families ----------------------------------------------------------------
     def _on_registry_reloaded(self) -> None:
@@ -304,6 +350,7 @@ class TaskWidget(QWidget):
         self.run_button.setEnabled(bool(self._entries) and not self._running)
         if not self._entries:
             self.status.setText(f"No {self.task.value} family is installed (see the Model families dock).")
+        self.fit_width()
 
     @property
     def entry(self) -> FamilyEntry | None:
@@ -330,21 +377,26 @@ class TaskWidget(QWidget):
             w = param_widget(p)
             self._param_widgets[p.name] = w
             self.params_box.append(w)
-            if p.name in ("target_spacing", "slice_axis"):
+            if any(p.name in watch for _, watch in self._summary_parts):
                 w.changed.connect(self._update_summary)
         self.budget_box.enabled = bool(fam.wants_gpu)
         self._update_device_label()
         self._update_summary()
+        self.fit_width()  # the new parameter rows may be wider
 
     def select_family(self, family_id: str) -> None:
         self.family_combo.value = family_id
 
     def set_params(self, **values: Any) -> None:
         for k, v in values.items():
-            self._param_widgets[k].value = v
+            w = self._param_widgets[k]
+            if isinstance(w, mw.FileEdit):  # its value setter turns "" into the current folder
+                w.line_edit.value = str(v)
+            else:
+                w.value = v
 
     def params(self) -> dict[str, Any]:
-        return {name: w.value for name, w in self._param_widgets.items()}
+        return {name: param_value(w) for name, w in self._param_widgets.items()}
 
     def _update_device_label(self, *_: Any) -> None:
         from ..engine.device import describe_device
@@ -408,17 +460,21 @@ class TaskWidget(QWidget):
             return
         try:
             inputs = self.collect_inputs()
-            params = entry.family.resolve_params(self.params())
+            params, overwrite = self._preflight(entry.family, inputs)
         except MedGenError as exc:
             self._fail(str(exc))
+            return
+        if params is None:
+            self.status.setText("Not run: the existing file was kept.")
             return
         device = self.device_combo.value
         seed = int(self.seed_box.value)
         budget = float(self.budget_box.value) or None
         self._cancel = threading.Event()
-        self._set_running(True, entry.family)
+        run = self._start_run(entry.family)
         bridge = self._bridge
         cancel = self._cancel
+        run_id = run.id
 
         def job() -> Result:
             from ..runner import run_family
@@ -430,27 +486,58 @@ class TaskWidget(QWidget):
                 device=device,
                 seed=seed,
                 time_budget=budget,
-                progress=lambda d, t, m: bridge.progressed.emit(d, t, m),
-                metric=lambda event: bridge.metric.emit(event),
+                progress=lambda d, t, m: bridge.progressed.emit(run_id, float(d), float(t), str(m or "")),
+                metric=lambda event: bridge.metric.emit(run_id, event),
                 cancel_event=cancel,
                 package=entry.package,
+                overwrite=overwrite,
             )
 
         if _synchronous():
             try:
                 result = job()
             except BaseException as exc:  # noqa: BLE001 - reported in the dock
-                self._on_error(exc)
+                self._finish(run, error=exc)
             else:
-                self._on_done(result)
+                self._finish(run, result=result)
             return
         from napari.qt.threading import create_worker
 
         worker = create_worker(job, _start_thread=False, _ignore_errors=True)  # errors go to the dock
-        worker.returned.connect(self._on_done)
-        worker.errored.connect(self._on_error)
+        worker.returned.connect(partial(self._finish_returned, run))
+        worker.errored.connect(partial(self._finish_errored, run))
         self._worker = worker
         worker.start()
+
+    def _preflight(self, family: ModelFamily, inputs: Inputs) -> tuple[dict[str, Any] | None, bool]:
+        """Parameters and files checked before any compute; an existing file is replaced only if the user says so.
+
+        Returns the resolved parameters and whether replacing is allowed, or ``(None, False)``
+        when the user chose to keep an existing file.
+        """
+        from ..errors import OutputExists
+        from ..runner import input_files, preflight
+
+        protected = input_files(inputs)
+        try:
+            return preflight(family, self.params(), protected=protected, hint="confirm to replace it")[0], False
+        except OutputExists as exc:
+            if not self.confirm_overwrite(exc.path):
+                return None, False
+        return preflight(family, self.params(), protected=protected, overwrite=True)[0], True
+
+    def confirm_overwrite(self, path: str) -> bool:
+        """Ask before a run replaces an existing file (e.g. a saved model); False keeps it."""
+        from qtpy.QtWidgets import QMessageBox
+
+        answer = QMessageBox.question(
+            self,
+            "Replace file?",
+            f"{path}\nalready exists. Replace it with the file this run writes?",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+            QMessageBox.StandardButton.No,
+        )
+        return answer == QMessageBox.StandardButton.Yes
 
     def cancel(self) -> None:
         """Ask the running family to stop; no partial layer is added."""
@@ -468,41 +555,66 @@ class TaskWidget(QWidget):
             self.progress_bar.setValue(0)
             self.loss_plot.clear()
             self.status.setText(f"Running {family.display_name if family else ''}...")
-            try:
-                from napari.utils import progress
-
-                self._pbar = progress(total=100, desc=f"MedGen {self.task.title}")
-            except Exception:  # pragma: no cover - progress is cosmetic
-                self._pbar = None
         else:
-            if self._pbar is not None:
-                self._pbar.close()
-                self._pbar = None
             self._worker = None
 
-    def _on_progress(self, done: int, total: int, message: str) -> None:
-        pct = int(round(100 * done / max(total, 1)))
+    def _start_run(self, family: ModelFamily) -> _Run:
+        """A new run owns the activity bar; closing the dock mid-run cancels it."""
+        self._set_running(True, family)
+        run = _Run(f"MedGen {self.task.title}", self._cancel)
+        self._run = run
+        self.destroyed.connect(run.abandon)
+        return run
+
+    def _current(self, run_id: int) -> _Run | None:
+        """The running run if it has this number; None for a late signal of an ended run."""
+        run = self._run
+        return run if run is not None and run.id == run_id and not run.ended else None
+
+    def _on_progress(self, run_id: int, done: float, total: float, message: str) -> None:
+        run = self._current(run_id)
+        if run is None:
+            return  # queued before the run ended, delivered after: nothing to show
+        pct = round(100 * done / max(total, 1))
         self.progress_bar.setValue(max(0, min(100, pct)))
         if message:
             self.status.setText(message)
-        if self._pbar is not None:
-            self._pbar.set_description(f"MedGen {self.task.title}: {message}"[:80])
-            self._pbar.n = max(0, min(100, pct))
-            self._pbar.refresh()
+        run.progress.update(done, total, message)  # may process events, even end the run: last
 
-    def _on_metric(self, event: dict) -> None:
-        if "loss" in event:
+    def _on_metric(self, run_id: int, event: dict) -> None:
+        if self._current(run_id) is not None and "loss" in event:
             self.loss_plot.add(event.get("step", len(self.loss_plot.points)), event["loss"])
 
-    def _on_done(self, result: Result) -> None:
+    def _finish_returned(self, run: _Run, result: Result) -> None:
+        self._finish(run, result=result)
+
+    def _finish_errored(self, run: _Run, exc: BaseException) -> None:
+        self._finish(run, error=exc)
+
+    def _finish(self, run: _Run, result: Result | None = None, error: BaseException | None = None) -> None:
+        """The one end of a run: close its bar once, then show the result or the error."""
+        if run.ended or run is not self._run:
+            return  # the dock was closed, or this run already ended
+        run.end()
+        self._run = None
+        try:
+            self.destroyed.disconnect(run.abandon)
+        except (TypeError, RuntimeError):  # pragma: no cover - already disconnected
+            pass
         self._set_running(False)
+        try:
+            if error is not None:
+                self._on_error(error)
+            else:
+                self._on_done(result)
+        except Exception as exc:  # never into the Qt event loop: shown in the dock
+            log.exception("MedGen could not show the result", exc_info=exc)
+            self._fail(f"internal error while adding the result: {type(exc).__name__}: {exc}")
+
+    def _on_done(self, result: Result) -> None:
         self.last_result = result
         self.last_error = ""
         added = self.add_result_layers(result)
-        prov_input = result.info.get("provenance", {}).get("input", "")
-        if self.compare_button is not None and added and prov_input in self.viewer.layers:
-            self._last_pair = (prov_input, added[0])
-            self.compare_button.setEnabled(True)
         self.progress_bar.setValue(100)
         prov = result.info.get("provenance", {})
         extra = ""
@@ -524,9 +636,9 @@ class TaskWidget(QWidget):
             except Exception:  # pragma: no cover - notification is cosmetic
                 pass
         self.status.setText(text)
+        self.result_added.emit(result, added)
 
     def _on_error(self, exc: BaseException) -> None:
-        self._set_running(False)
         if isinstance(exc, Cancelled):
             self.last_error = "cancelled"
             self.progress_bar.setValue(0)
@@ -546,41 +658,6 @@ class TaskWidget(QWidget):
             show_error(f"MedGen: {message}")
         except Exception:  # pragma: no cover - notification is cosmetic
             pass
-
-    def toggle_compare(self) -> None:
-        """Input and result side by side (napari grid, linked camera) in a through-plane reformat."""
-        viewer = self.viewer
-        if self._compare_state is not None:  # back to how it was
-            state, self._compare_state = self._compare_state, None
-            viewer.grid.enabled = state["grid"]
-            viewer.dims.order = state["order"]
-            for layer in viewer.layers:
-                if layer.name in state["visible"]:
-                    layer.visible = state["visible"][layer.name]
-            viewer.reset_view()
-            self.compare_button.setText("Compare input and result (2x1 reformat)")
-            return
-        if self._last_pair is None or any(n not in viewer.layers for n in self._last_pair):
-            self._fail("run super-resolution first: there is no input/result pair to compare")
-            return
-        src_name, out_name = self._last_pair
-        self._compare_state = {
-            "grid": viewer.grid.enabled,
-            "order": tuple(viewer.dims.order),
-            "visible": {layer.name: layer.visible for layer in viewer.layers},
-        }
-        for layer in viewer.layers:
-            layer.visible = layer.name in (src_name, out_name)
-        # the slice axis (coarsest spacing) on screen: show it against one in-plane axis
-        scale = np.asarray(viewer.layers[src_name].scale)
-        slice_axis = int(np.argmax(scale[-3:])) + len(scale) - 3
-        others = [a for a in range(viewer.dims.ndim) if a != slice_axis]
-        viewer.dims.order = (others[-1], slice_axis, others[0]) if len(others) >= 2 else viewer.dims.order
-        viewer.grid.shape = (1, 2)
-        viewer.grid.stride = 1
-        viewer.grid.enabled = True
-        viewer.reset_view()  # fit both panels
-        self.compare_button.setText("Back to the normal view")
 
     def add_result_layers(self, result: Result) -> list[str]:
         """Add each output as a new layer beside the input; returns the layer names."""

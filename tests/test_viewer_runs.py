@@ -1,0 +1,126 @@
+"""Every task dock run to completion with the REAL threaded worker, as a user runs it.
+
+The synchronous test switch hid error pop-ups raised at the end of every real run; these
+tests fail on any exception that reaches the Qt event loop.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_medgen.demo import PLUGIN
+from napari_medgen.io.napari_io import volume_to_layer_data
+
+
+def _add(viewer, volume, name):
+    data, kwargs, _ = volume_to_layer_data(volume, name=name)
+    return viewer.add_image(data, **kwargs)
+
+
+def _prepare(viewer, dock_name, phantom, thick_phantom):
+    """Layers and the dock's inputs for one task, with its default family."""
+    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, dock_name)
+    if dock_name == "Super-resolution":
+        layer = _add(viewer, thick_phantom, "thick")
+        w.image_combo.value = "thick"
+        w.set_params(max_steps=20)  # medgen.selfsr trains a network: keep the budget tiny
+        expected = {"shape": (36, 40, 40), "scale": (1.0, 1.0, 1.0)}
+    else:
+        layer = _add(viewer, phantom[0], "scan")
+        w.image_combo.value = "scan"
+        expected = {"shape": tuple(phantom[0].shape), "scale": tuple(layer.scale)}
+        if dock_name == "Harmonize":
+            _add(viewer, phantom[0].with_data(phantom[0].data * 3.0 + 1.0), "reference")
+            w.ref_select.value = ["reference"]
+    return w, layer, expected
+
+
+@pytest.mark.parametrize("dock_name", ["Super-resolution", "Anomaly map", "Harmonize", "Insert lesions"])
+def test_dock_runs_in_a_thread_to_the_end_without_an_error_popup(
+    make_napari_viewer, qtbot, phantom, thick_phantom, dock_name
+):
+    viewer = make_napari_viewer()
+    w, layer, expected = _prepare(viewer, dock_name, phantom, thick_phantom)
+    default_family = w.entry.id
+    n = len(viewer.layers)
+    with qtbot.capture_exceptions() as exceptions:
+        w.run()
+        assert w._running  # really in a thread, not the synchronous test switch
+        qtbot.waitUntil(lambda: not w._running, timeout=120_000)
+        qtbot.wait(300)  # progress signals queued before the end are delivered now
+    assert not exceptions, "exception(s) reached the Qt event loop: " + "; ".join(
+        f"{e[0].__name__}: {e[1]}" for e in exceptions
+    )
+    assert w.last_error == "", w.last_error
+    assert "Done in" in w.status.text()
+    assert w.progress_bar.value() == 100 and w.run_button.isEnabled()
+    new = list(viewer.layers)[n:]
+    assert new, "no result layer"
+    out = new[0]
+    assert out.metadata["medgen"]["family"] == default_family
+    assert out.metadata["medgen"]["input"] == layer.name
+    assert tuple(out.data.shape) == expected["shape"]
+    np.testing.assert_allclose(out.scale, expected["scale"])
+    assert out.name != layer.name
+
+
+def test_run_ending_inside_a_progress_update_is_harmless(make_napari_viewer):
+    """napari's bar processes events inside set_description/update: the run may end right there."""
+    from napari_medgen.widgets._run_progress import RunProgress
+
+    make_napari_viewer()  # the activity panel that repaints with processEvents()
+    bar = RunProgress("MedGen test")
+    pbar = bar._pbar
+    pbar.events.description.connect(lambda event: bar.close())  # "finished" delivered mid-update
+    bar.update(5, 10, "step 5")  # the old code failed here: 'NoneType' object has no attribute 'n'
+    assert bar.closed and pbar not in type(pbar)._all_instances
+    bar.update(6, 10, "late")  # a progress signal queued before the end: ignored
+    bar.close()  # closing twice is fine
+
+
+def test_activity_panel_progress_moves_during_a_threaded_run(
+    make_napari_viewer, qtbot, phantom, with_fake_plugins
+):
+    from napari.utils import progress
+
+    viewer = make_napari_viewer()
+    _add(viewer, phantom[0], "scan")
+    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "Anomaly map")
+    w.refresh_families()
+    w.image_combo.value = "scan"
+    w.select_family("fake.slow")
+
+    def ours():
+        return [p for p in progress._all_instances if str(p.desc).startswith("MedGen Anomaly map")]
+
+    with qtbot.capture_exceptions() as exceptions:
+        w.run()
+        qtbot.waitUntil(lambda: any(p.n >= 5 for p in ours()), timeout=10_000)
+        assert w._running and w.progress_bar.value() >= 5
+        w.cancel()
+        qtbot.waitUntil(lambda: not w._running, timeout=5_000)
+        qtbot.wait(100)
+    assert not exceptions, exceptions
+    assert ours() == []  # the bar left the activity panel with the run
+
+
+def test_closing_the_viewer_mid_run_cancels_it_quietly(make_napari_viewer, qtbot, phantom, with_fake_plugins):
+    """The docks are deleted with the window: the run stops and nothing touches the dead widgets."""
+    from napari.utils import progress
+
+    viewer = make_napari_viewer()
+    _add(viewer, phantom[0], "scan")
+    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "Anomaly map")
+    w.refresh_families()
+    w.image_combo.value = "scan"
+    w.select_family("fake.slow")
+    with qtbot.capture_exceptions() as exceptions:
+        w.run()
+        cancel = w._cancel
+        qtbot.waitUntil(lambda: w.progress_bar.value() > 0, timeout=10_000)
+        viewer.close()
+        qtbot.waitUntil(cancel.is_set, timeout=2_000)
+        qtbot.wait(500)  # the cancelled worker ends; its signals arrive and are ignored
+    assert not exceptions, exceptions
+    assert not [p for p in progress._all_instances if str(p.desc).startswith("MedGen")]
