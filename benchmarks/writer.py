@@ -81,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         f"Volume {volume.shape} float32 ({np.asarray(volume.data).nbytes / 2**30:.2f} GiB), {args.repeats} writes "
         "per method, alternating; `plain` = `nibabel.save` of the same image (no fsync: the data may still be "
         "in the page cache when it returns); `plain + fsync` = the same followed by an fsync; `atomic` = "
-        "`write_nifti`: an anonymous temporary in the same folder, fsync, link + `os.replace`, folder fsync.\n\n"
+        "`write_nifti`: the replaced file's cached pages released, an anonymous temporary in the same folder, "
+        "fsync, link + `os.replace`, folder fsync. The .nii.gz rows are gzip-bound; the .nii rows are "
+        "page-cache and disk-bound and vary by a few percent from run to run.\n\n"
         "| file | method | median (s) | min (s) | max (s) | vs plain (median) | size (MB) |\n"
         "|---|---|---|---|---|---|---|\n" + "\n".join(rows)
     )
