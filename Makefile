@@ -44,7 +44,7 @@ demo: setup
 	fi
 
 screenshot: setup system-deps
-	xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) -m napari_medgen.demo --screenshot docs/screenshot.png --quit
+	xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) -m napari_medgen.demo --docs docs --quit
 
 validate: setup
 	$(VENV)/bin/npe2 validate napari-medgen --imports
