@@ -289,20 +289,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         if old is not None:
             signal.signal(signal.SIGINT, old)
-    by_name = {o.name: o for o in result.outputs}
-    planned = [(spec, path, by_name[spec.name]) for spec, path in zip(specs, finals) if spec.name in by_name]
-    if len(specs) == 1 and not by_name.get(specs[0].name):  # an undeclared single output
-        planned = [(specs[0], finals[0], result.outputs[0])]
+    if family.outputs:  # each declared output that the result holds, to its planned file
+        by_name = {o.name: o for o in result.outputs}
+        planned = [(path, by_name[spec.name]) for spec, path in zip(specs, finals) if spec.name in by_name]
+    else:  # one undeclared output, to -o
+        planned = [(finals[0], result.outputs[0])]
     record = dict(result.info)
-    record["outputs"] = {out.name: str(path) for _, path, out in planned}
+    record["outputs"] = {out.name: str(path) for path, out in planned}
     with OutputTransaction(overwrite=args.overwrite, hint="use --overwrite to replace it") as tx:
-        for spec, path, out in planned:
+        for path, out in planned:
             name, writer = nifti_output(out.volume, path)
             tx.add(name, writer, role=f"output '{out.name}'")
         tx.add(finals[-1], json_writer(record, default=_json_default), role="sidecar")
         tx.commit()
     if not args.quiet:
-        for _, path, out in planned:
+        for path, out in planned:
             print(f"wrote {path} ({out.name}, shape {out.volume.shape}, spacing "
                   f"{', '.join(f'{s:.3g}' for s in out.volume.spacing)} mm)")
         print(f"wrote {finals[-1]} (provenance)")

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+import os
 import threading
 import traceback
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -70,13 +71,13 @@ def preflight(
     family: ModelFamily,
     params: dict[str, Any] | None = None,
     *,
-    outputs: list[Any] = (),  # type: ignore[assignment]
-    output_roles: list[str] | None = None,
-    protected: list[tuple[str, Any]] = (),  # type: ignore[assignment]
+    outputs: Sequence[str | os.PathLike] = (),
+    output_roles: Sequence[str] | None = None,
+    protected: Sequence[tuple[str, str | os.PathLike]] = (),
     overwrite: bool = False,
-    expected_bytes: list[int] | None = None,
+    expected_bytes: Sequence[int] | None = None,
     hint: str = "use --overwrite to replace it",
-) -> tuple[dict[str, Any], list[Any]]:
+) -> tuple[dict[str, Any], list[Path]]:
     """Every check that can fail before compute: parameters and every file the run reads or writes.
 
     Parameters are parsed and range-checked; a path parameter that reads must name an existing
@@ -154,7 +155,7 @@ def run_family(
     context: RunContext | None = None,
     metric: Callable[[dict[str, Any]], None] | None = None,
     overwrite: bool = False,
-    protected: list[tuple[str, Any]] = (),  # type: ignore[assignment]
+    protected: Sequence[tuple[str, str | os.PathLike]] = (),
 ) -> Result:
     """Validate, run ``family`` and stamp every output with a provenance record.
 

@@ -79,17 +79,23 @@ def test_run_ending_inside_a_progress_update_is_harmless(make_napari_viewer):
     bar.close()  # closing twice is fine
 
 
-def test_activity_panel_progress_moves_during_a_threaded_run(
-    make_napari_viewer, qtbot, phantom, with_fake_plugins
-):
-    from napari.utils import progress
-
+def _slow_anomaly_dock(make_napari_viewer, phantom):
+    """The Anomaly map dock on a phantom with the test plugin's slow family (about 10 s of steps)."""
     viewer = make_napari_viewer()
     _add(viewer, phantom[0], "scan")
     _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "Anomaly map")
     w.refresh_families()
     w.image_combo.value = "scan"
     w.select_family("fake.slow")
+    return viewer, w
+
+
+def test_activity_panel_progress_moves_during_a_threaded_run(
+    make_napari_viewer, qtbot, phantom, with_fake_plugins
+):
+    from napari.utils import progress
+
+    viewer, w = _slow_anomaly_dock(make_napari_viewer, phantom)
 
     def ours():
         return [p for p in progress._all_instances if str(p.desc).startswith("MedGen Anomaly map")]
@@ -109,12 +115,7 @@ def test_closing_the_viewer_mid_run_cancels_it_quietly(make_napari_viewer, qtbot
     """The docks are deleted with the window: the run stops and nothing touches the dead widgets."""
     from napari.utils import progress
 
-    viewer = make_napari_viewer()
-    _add(viewer, phantom[0], "scan")
-    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "Anomaly map")
-    w.refresh_families()
-    w.image_combo.value = "scan"
-    w.select_family("fake.slow")
+    viewer, w = _slow_anomaly_dock(make_napari_viewer, phantom)
     with qtbot.capture_exceptions() as exceptions:
         w.run()
         cancel = w._cancel
