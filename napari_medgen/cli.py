@@ -28,6 +28,7 @@ import numpy as np
 from . import __version__
 from .errors import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, EXIT_USAGE, Cancelled, InputError, MedGenError, ParamError
 from .family import Inputs, OutputSpec, Task
+from .io.read import one_line
 
 __all__ = ["main", "build_parser", "read_points_csv", "output_paths", "EXIT_CODES"]
 
@@ -322,10 +323,6 @@ def _json_default(obj: Any) -> Any:
     return str(obj)
 
 
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -339,7 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MedGenError as exc:
         if args.debug:
             raise
-        print(f"medgen: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"medgen: error: {one_line(exc)}", file=sys.stderr)
         return int(getattr(exc, "exit_code", EXIT_FAILED))
     except KeyboardInterrupt:
         print("medgen: interrupted; no output written", file=sys.stderr)
@@ -354,7 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bug: one line, and the traceback on request
         if args.debug:
             raise
-        print(f"medgen: internal error: {type(exc).__name__}: {_one_line(exc)} (run with --debug for the traceback)",
+        print(f"medgen: internal error: {type(exc).__name__}: {one_line(exc)} (run with --debug for the traceback)",
               file=sys.stderr)
         return EXIT_FAILED
 
