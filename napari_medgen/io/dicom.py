@@ -33,10 +33,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, MedGenError
+from ..errors import InputError
 from ..volume import Volume
-from .nifti import _rgb_volume_from_ras, volume_from_ras
-from .read import one_line, quiet_readers
+from .nifti import rgb_volume_from_ras, volume_from_ras
+from .read import guarded, one_line, quiet_readers
 
 __all__ = [
     "read_dicom_series",
@@ -746,21 +746,8 @@ def _read_group(folder: Path, summary: dict[str, Any], items: list[tuple[Path, A
     name = first_path.stem if len(items) == 1 else (summary["series_description"] or folder.name)
     if kind == "rgb":
         metadata["rgb"] = True
-        return _rgb_volume_from_ras(data_ijk, affine_ras, name, metadata)
+        return rgb_volume_from_ras(data_ijk, affine_ras, name, metadata)
     return volume_from_ras(data_ijk, affine_ras, name=name, metadata=metadata)
-
-
-def _guard(where: str, func: Any, *args: Any) -> Any:
-    """Run a reading step; anything but our own errors becomes an InputError naming ``where``."""
-    try:
-        with quiet_readers():
-            return func(*args)
-    except InputError:
-        raise
-    except MedGenError as exc:
-        raise InputError(one_line(exc)) from exc
-    except Exception as exc:  # noqa: BLE001 - damaged files fail in many ways inside numpy/pydicom
-        raise InputError(f"could not read DICOM {where}: {one_line(exc)}") from exc
 
 
 def _others(pairs: list[tuple[dict[str, Any], Any]], chosen_uid: str) -> list[dict[str, Any]]:
@@ -816,7 +803,7 @@ def read_dicom_series(folder_or_file: str | os.PathLike, series: str | None = No
     :class:`InputError` is raised, with a one-line message.
     """
     path = Path(folder_or_file)
-    return _guard(f"'{path.name}'", _read_dicom_series, path, series)
+    return guarded(f"could not read DICOM '{path.name}'", _read_dicom_series, path, series)
 
 
 def read_each_dicom_series(folder: str | os.PathLike) -> list[tuple[dict[str, Any], Volume | InputError]]:
@@ -832,14 +819,17 @@ def read_each_dicom_series(folder: str | os.PathLike) -> list[tuple[dict[str, An
             raise InputError(f"DICOM folder not found: {folder}")
         return _listing(folder)
 
-    pairs, unreadable = _guard(f"folder '{folder.name}'", scan)
+    pairs, unreadable = guarded(f"could not read DICOM folder '{folder.name}'", scan)
     if not pairs:
         raise _no_series_error(folder, unreadable)
     results: list[tuple[dict[str, Any], Volume | InputError]] = []
     for summary, items in pairs:
         summary = dict(summary, layer_name=_layer_name(summary))
         try:
-            volume = _guard(f"series {_number_text(summary)} in folder '{folder.name}'", _read_group, folder, summary, items)
+            volume = guarded(
+                f"could not read DICOM series {_number_text(summary)} in folder '{folder.name}'",
+                _read_group, folder, summary, items,
+            )
             volume.metadata["dicom"]["other_series"] = _others(pairs, summary["series_instance_uid"])
             results.append((summary, volume))
         except InputError as exc:

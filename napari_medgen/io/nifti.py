@@ -47,16 +47,21 @@ from nibabel import orientations as nio
 
 from ..errors import InputError
 from ..volume import Volume
-from .read import one_line, quiet_readers
+from .read import guarded, one_line
 
 __all__ = [
     "read_nifti",
     "write_nifti",
+    "nifti_image",
+    "nifti_writer",
+    "nifti_output",
     "world_xyz_to_index",
     "nifti_ijk_to_index",
     "volume_from_ras",
     "volume_to_ras",
     "is_nifti_path",
+    "is_analyze_path",
+    "rgb_volume_from_ras",
     "strip_nifti_suffix",
 ]
 
@@ -187,6 +192,11 @@ def _pair_files(path: Path) -> tuple[Path, Path]:
     if header is None:
         raise InputError(f"{path.name} has no header file {candidates[0].name} next to it (an Analyze/NIfTI pair needs both)")
     return header, path
+
+
+def is_analyze_path(path: str | os.PathLike) -> bool:
+    """True for the two files of an Analyze/NIfTI pair (``.hdr``/``.img``, optionally gzipped)."""
+    return _split_suffix(Path(path).name, _ANALYZE_HEADER_SUFFIXES + _ANALYZE_IMAGE_SUFFIXES) is not None
 
 
 def _display_name(path: Path) -> str:
@@ -353,7 +363,7 @@ def _size_problem(img: Any, hdr: Any, name: str) -> str | None:
     return None
 
 
-def _rgb_volume_from_ras(data: np.ndarray, affine_ras: np.ndarray, name: str, metadata: dict[str, Any]) -> Volume:
+def rgb_volume_from_ras(data: np.ndarray, affine_ras: np.ndarray, name: str, metadata: dict[str, Any]) -> Volume:
     """RGB(A) voxel data ``(i, j[, k], C)`` -> a Volume in napari order, channel axis last, ``rgb`` marked."""
     channels = [volume_from_ras(data[..., c], affine_ras) for c in range(data.shape[-1])]
     stacked = np.stack([ch.data for ch in channels], axis=-1)
@@ -456,7 +466,7 @@ def _read_nifti(path: Path) -> Volume:
         }
     }
     if rgb:
-        return _rgb_volume_from_ras(data, affine_mm, _display_name(path), meta)
+        return rgb_volume_from_ras(data, affine_mm, _display_name(path), meta)
     return volume_from_ras(data, affine_mm, name=_display_name(path), metadata=meta)
 
 
@@ -469,18 +479,8 @@ def read_nifti(path: str | os.PathLike) -> Volume:
     NIfTI, CIFTI, a damaged sform/qform/pixdim/dim) raises :class:`InputError` with one
     line naming the file; nibabel's warnings and log messages are silenced.
     """
-    from ..errors import MedGenError
-
     path = Path(path)
-    try:
-        with quiet_readers():
-            return _read_nifti(path)
-    except InputError:
-        raise
-    except MedGenError as exc:
-        raise InputError(one_line(exc)) from exc
-    except Exception as exc:  # noqa: BLE001 - the guarantee: only InputError leaves a reader
-        raise InputError(f"could not read {path.name} as NIfTI: {one_line(exc)}") from exc
+    return guarded(f"could not read {path.name} as NIfTI", _read_nifti, path)
 
 
 # -- writing --------------------------------------------------------------------------------

@@ -16,16 +16,16 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
-from ..errors import InputError
+from ..errors import InputError, MedGenError
 from ..volume import Volume
 
-__all__ = ["read_volume", "one_line", "quiet_readers", "volume_kind"]
+__all__ = ["read_volume", "one_line", "quiet_readers", "guarded", "volume_kind"]
 
 #: loggers of the file libraries, silenced while reading (their warnings are not for users)
 _LIBRARY_LOGGERS = ("pydicom", "nibabel", "nibabel.global")
-_ANALYZE_SUFFIXES = (".hdr", ".img", ".hdr.gz", ".img.gz")
+T = TypeVar("T")
 
 
 def one_line(exc: BaseException | str) -> str:
@@ -56,20 +56,32 @@ def quiet_readers() -> Iterator[None]:
                 lg.setLevel(level)
 
 
-def _is_analyze_path(path: Path) -> bool:
-    name = path.name.lower()
-    return name.endswith(_ANALYZE_SUFFIXES)
+def guarded(failure: str, func: Callable[..., T], *args: Any) -> T:
+    """Run a reading step with the file libraries quiet; only :class:`InputError` leaves it.
+
+    Our own other errors keep their message; anything else (numpy, nibabel, pydicom, zlib,
+    the OS) becomes ``InputError(f"{failure}: <one-line reason>")``.
+    """
+    try:
+        with quiet_readers():
+            return func(*args)
+    except InputError:
+        raise
+    except MedGenError as exc:
+        raise InputError(one_line(exc)) from exc
+    except Exception as exc:  # noqa: BLE001 - damaged files fail in many ways inside the libraries
+        raise InputError(f"{failure}: {one_line(exc)}") from exc
 
 
 def volume_kind(path: str | os.PathLike) -> str | None:
     """``"nifti"``, ``"dicom"`` or None: which reader a path goes to (no parsing, cheap)."""
     from .dicom import is_dicom_file
-    from .nifti import is_nifti_path
+    from .nifti import is_analyze_path, is_nifti_path
 
     p = Path(path)
     if p.is_dir():
         return "dicom"
-    if is_nifti_path(p) or _is_analyze_path(p):
+    if is_nifti_path(p) or is_analyze_path(p):
         return "nifti"
     if is_dicom_file(p):
         return "dicom"
