@@ -231,7 +231,7 @@ def _expected_bytes(image, paths: Sequence[Path]) -> list[int]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .io.nifti import nifti_output
-    from .io.output import OutputTransaction, check_outputs, json_writer
+    from .io.output import OutputTransaction, check_free_space, json_writer
     from .io.read import read_volume
     from .registry import get_registry
     from .runner import preflight, run_family
@@ -262,7 +262,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if mask is not None:
         mask = mask.with_data(np.asarray(mask.data) > 0)
     points = read_points_csv(args.points, image) if args.points else None
-    check_outputs(paths, protected, overwrite=True, expected_bytes=_expected_bytes(image, paths), roles=roles)
+    check_free_space(paths, _expected_bytes(image, paths))
 
     cancel = threading.Event()
 

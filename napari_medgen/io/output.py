@@ -34,6 +34,7 @@ from ..errors import OutputError, OutputExists, OutputPathError
 __all__ = [
     "same_file",
     "check_outputs",
+    "check_free_space",
     "OutputTransaction",
     "write_file",
     "write_bytes",
@@ -133,7 +134,6 @@ def check_outputs(
     roles = list(roles) if roles is not None else ["output"] * len(outputs)
     guarded = [(role, Path(p)) for role, p in protected if p is not None and str(p) != ""]
     finals: list[Path] = []
-    need: dict[int, tuple[Path, int]] = {}
     for i, given in enumerate(outputs):
         role = roles[i]
         given_p = Path(given)
@@ -167,11 +167,22 @@ def check_outputs(
                 if not (final.is_file() or final.is_symlink()):
                     raise OutputPathError(f"{role} {_fmt(given_p)} exists and is not a regular file")
             _probe_writable(folder, role, given_p)
-        if expected_bytes is not None and i < len(expected_bytes) and expected_bytes[i] > 0:
-            dev = os.stat(existing).st_dev
-            where, total = need.get(dev, (existing, 0))
-            need[dev] = (where, total + int(expected_bytes[i]))
         finals.append(final)
+    if expected_bytes is not None:
+        check_free_space(finals, expected_bytes)
+    return finals
+
+
+def check_free_space(paths: Sequence[str | os.PathLike], expected_bytes: Sequence[int]) -> None:
+    """Refuse (:class:`OutputPathError`) when a file system has less room than its outputs need."""
+    need: dict[int, tuple[Path, int]] = {}
+    for path, size in zip(paths, expected_bytes):
+        if size <= 0:
+            continue
+        where = _nearest_existing(_real(path).parent)
+        dev = os.stat(where).st_dev
+        first, total = need.get(dev, (where, 0))
+        need[dev] = (first, total + int(size))
     for where, total in need.values():
         free = shutil.disk_usage(where).free
         if free < total:
@@ -179,7 +190,6 @@ def check_outputs(
                 f"not enough free space in {_fmt(where)}: the output needs about {total / 2**20:.0f} MB, "
                 f"{free / 2**20:.0f} MB are free"
             )
-    return finals
 
 
 # -- temporaries --------------------------------------------------------------------------------
