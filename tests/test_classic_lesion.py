@@ -14,7 +14,7 @@ from napari_medgen.errors import Cancelled, InputError, ParamError
 from napari_medgen.io.phantom import make_phantom
 
 from medgen_classic.lesion import ProceduralLesion, estimate_noise_sigma
-from medgen_classic.masks import foreground_mask
+from napari_medgen.masks import foreground_mask
 
 NOISE = 0.02
 

@@ -18,10 +18,11 @@ from .device import (
     run_with_oom_retry,
 )
 from .inference import count_windows, sliding_window
-from .trainer import TrainConfig, Trainer, TrainHistory
+from .trainer import TimeCosine, TrainConfig, Trainer, TrainHistory
 from .weights import cache_dir, load_foreign_checkpoint, load_weights, save_weights, sha256_file, weights_paths
 
 __all__ = [
+    "TimeCosine",
     "resolve_device",
     "describe_device",
     "available_devices",

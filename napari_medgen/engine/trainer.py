@@ -97,6 +97,25 @@ def format_eta(seconds: float) -> str:
     return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
 
 
+class TimeCosine:
+    """Learning rate: short warm-up, then cosine decay over the time budget or the step limit, whichever ends first.
+
+    Pass it to :class:`Trainer` as ``scheduler`` when training is bounded by wall-clock time.
+    """
+
+    def __init__(self, optimizer, lr: float, budget: float, max_steps: int, warmup: int = 50) -> None:
+        self.opt, self.lr, self.budget, self.max_steps, self.warmup = optimizer, lr, budget, max_steps, warmup
+        self.start = time.perf_counter()
+        self.steps = 0
+
+    def step(self) -> None:
+        self.steps += 1
+        frac = max(self.steps / self.max_steps, (time.perf_counter() - self.start) / max(self.budget, 1e-6))
+        factor = min(1.0, self.steps / self.warmup) * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+        for group in self.opt.param_groups:
+            group["lr"] = self.lr * factor
+
+
 class Trainer:
     """Optimise ``model`` by calling ``step_fn(model, step)`` (step counts from 0) up to ``config.max_steps`` times.
 

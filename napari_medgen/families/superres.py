@@ -18,7 +18,6 @@ the host (about four output-sized float32 arrays).
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -155,22 +154,6 @@ def build_network(preset: Preset):
     return ResidualUNet()
 
 
-class _TimeCosine:
-    """Learning rate: short warm-up, then cosine decay over the time budget (or the step limit)."""
-
-    def __init__(self, optimizer, lr: float, budget: float, max_steps: int, warmup: int = 50) -> None:
-        self.opt, self.lr, self.budget, self.max_steps, self.warmup = optimizer, lr, budget, max_steps, warmup
-        self.start = time.perf_counter()
-        self.steps = 0
-
-    def step(self) -> None:
-        self.steps += 1
-        frac = max(self.steps / self.max_steps, (time.perf_counter() - self.start) / max(self.budget, 1e-6))
-        factor = min(1.0, self.steps / self.warmup) * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
-        for group in self.opt.param_groups:
-            group["lr"] = self.lr * factor
-
-
 class _PatchSampler:
     """Random training pairs from the in-plane slices of the (normalised) scan."""
 
@@ -260,7 +243,7 @@ class SelfSupervisedSR(ModelFamily):
     def run(self, inputs: Inputs, params: dict[str, Any], ctx: RunContext) -> Result:
         import torch
 
-        from ..engine import TrainConfig, Trainer, load_weights, save_weights
+        from ..engine import TimeCosine, TrainConfig, Trainer, load_weights, save_weights
 
         image = inputs.image
         preset = PRESETS[params["preset"]]
@@ -318,7 +301,7 @@ class SelfSupervisedSR(ModelFamily):
             budget = ctx.time_budget if ctx.time_budget is not None else preset.train_seconds
             max_steps = int(params["max_steps"]) or preset.max_steps
             optimizer = torch.optim.AdamW(model.parameters(), lr=preset.lr, weight_decay=1e-4)
-            schedule = _TimeCosine(optimizer, preset.lr, budget, max_steps)
+            schedule = TimeCosine(optimizer, preset.lr, budget, max_steps)
             device = torch.device(ctx.device)
 
             def step_fn(net, step):

@@ -24,8 +24,7 @@ from napari_medgen import (
     RunContext,
     Task,
 )
-
-from .masks import foreground_mask, given_mask
+from napari_medgen.masks import foreground_mask, given_mask
 
 __all__ = ["HistogramMatching", "NyulStandardisation", "parse_landmarks", "apply_piecewise_linear"]
 

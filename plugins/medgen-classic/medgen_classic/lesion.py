@@ -27,8 +27,7 @@ from napari_medgen import (
     Task,
     Volume,
 )
-
-from .masks import ellipsoid_structure, foreground_mask, given_mask
+from napari_medgen.masks import ellipsoid_structure, foreground_mask, given_mask
 
 __all__ = ["ProceduralLesion", "estimate_noise_sigma"]
 

@@ -1,4 +1,4 @@
-"""Automatic foreground (head/brain) masks shared by the classical families."""
+"""Automatic foreground (head/brain) masks, shared by the built-in and classical families."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import numpy as np
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
-from napari_medgen import InputError, Volume
+from .errors import InputError
+from .volume import Volume
 
 __all__ = ["foreground_mask", "ellipsoid_structure"]
 
