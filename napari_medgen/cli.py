@@ -3,7 +3,7 @@
     medgen families [--json] [--task TASK]
     medgen run TASK INPUT -o OUTPUT [--family ID] [--reference PATH ...] [--points CSV]
                [--mask PATH] [--param KEY=VALUE ...] [--device auto|cpu|cuda|mps] [--seed N]
-               [--overwrite] [--series UID|NUMBER] [-q]
+               [--overwrite] [--series UID|NUMBER] [--regions-output CSV] [-q]
 
 User mistakes end with one line on stderr and a documented exit code, never a traceback.
 Everything that can be checked is checked before any compute (parameters, every output place);
@@ -30,7 +30,7 @@ from .errors import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, EXIT_USAGE, Cancelled,
 from .family import Inputs, OutputSpec, Task
 from .io.read import one_line
 
-__all__ = ["main", "build_parser", "read_points_csv", "output_paths", "EXIT_CODES"]
+__all__ = ["main", "build_parser", "read_points_csv", "output_paths", "regions_table_path", "EXIT_CODES"]
 
 EXIT_CODES = f"""exit codes:
   {EXIT_OK:<4}done
@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--points", type=Path, help="CSV with header x,y,z (world mm) or i,j,k (voxel indices)")
     run.add_argument("--mask", type=Path, help="mask/label volume on the input's grid")
     run.add_argument("--mask-output", type=Path, help="lesion task: where to write the lesion mask")
+    run.add_argument("--regions-output", type=Path, metavar="CSV",
+                     help="anomaly task: where to write the candidate regions table (default: <stem>_regions.csv "
+                     "beside the heatmap, for a family with a 'regions' output)")
     run.add_argument("--series", help="DICOM input folder with several series: the SeriesInstanceUID or "
                      "series number to read (default: refuse and list them)")
     run.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="family parameter")
@@ -152,6 +155,39 @@ def output_paths(output: Path, specs: Sequence[OutputSpec], mask_output: Path | 
         else:
             paths.append(stem.with_name(f"{stem.name}_{spec.name}{ext}"))
     return paths
+
+
+def _has_regions(specs: Sequence[OutputSpec]) -> bool:
+    return any(spec.kind == "labels" and spec.name == "regions" for spec in specs)
+
+
+def regions_table_path(output: Path, specs: Sequence[OutputSpec], regions_output: Path | None) -> Path | None:
+    """Where the regions table goes: ``regions_output``, else ``<stem>_regions.csv`` (None: no regions).
+
+    A family has a table when it declares a labels output named ``regions`` (the anomaly
+    convention, :mod:`napari_medgen.regions`).
+    """
+    if not _has_regions(specs):
+        return None
+    if regions_output is not None:
+        return regions_output
+    stem, _ = _stem(output)
+    return stem.with_name(f"{stem.name}_regions.csv")
+
+
+def _regions_table(result) -> bytes:
+    """The regions CSV of a result: ``info["regions"]``, or described from its regions and heatmap outputs."""
+    from .regions import describe_regions, regions_csv_bytes
+
+    regions = result.info.get("regions")
+    if regions is None:
+        by_name = {o.name: o for o in result.outputs}
+        heat = next((o for o in result.outputs if o.kind == "heatmap"), None)
+        labels = by_name.get("regions")
+        regions = [] if heat is None or labels is None else describe_regions(
+            labels.volume.data, heat.volume.data, heat.volume
+        )
+    return regions_csv_bytes(regions)
 
 
 def sidecar_path(output: Path) -> Path:
@@ -244,18 +280,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     specs = list(family.outputs) or [OutputSpec("image")]
     if args.mask_output is not None and not any(s.kind == "labels" and s.name == "mask" for s in specs):
         raise InputError(f"--mask-output: family {family.id!r} writes no mask")
+    if args.regions_output is not None and not _has_regions(specs):
+        raise InputError(f"--regions-output: family {family.id!r} writes no candidate regions")
     paths = output_paths(args.output, specs, args.mask_output)
+    table = regions_table_path(args.output, specs, args.regions_output)
+    tables = [table] if table is not None else []
     side = sidecar_path(args.output)
     roles = [f"output '{s.name}'" if i else "output" for i, s in enumerate(specs)]
     protected = _protected(args)
     params, finals = preflight(
         family,
         parse_params(args.param, family),
-        outputs=[*paths, side],
-        output_roles=[*roles, "sidecar"],
+        outputs=[*paths, *tables, side],
+        output_roles=[*roles, *["regions table"] * len(tables), "sidecar"],
         protected=protected,
         overwrite=args.overwrite,
     )
+    table_final = finals[len(paths)] if tables else None
     image = read_volume(args.input, role="input", series=args.series)
     refs = [read_volume(p, role=f"reference {i + 1}") for i, p in enumerate(args.reference)]
     mask = read_volume(args.mask, role="mask") if args.mask else None
@@ -285,7 +326,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             cancel_event=cancel,
             package=entry.package,
             overwrite=args.overwrite,
-            protected=protected + list(zip(roles, paths)),
+            protected=protected + list(zip(roles, paths)) + [("regions table", t) for t in tables],
         )
     finally:
         if old is not None:
@@ -297,16 +338,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         planned = [(finals[0], result.outputs[0])]
     record = dict(result.info)
     record["outputs"] = {out.name: str(path) for path, out in planned}
+    table_bytes = _regions_table(result) if table_final is not None else b""
+    if table_final is not None:
+        record["outputs"]["regions_table"] = str(table_final)
     with OutputTransaction(overwrite=args.overwrite, hint="use --overwrite to replace it") as tx:
         for path, out in planned:
             name, writer = nifti_output(out.volume, path)
             tx.add(name, writer, role=f"output '{out.name}'")
+        if table_final is not None:
+            tx.add(table_final, lambda fh: fh.write(table_bytes), role="regions table")
         tx.add(finals[-1], json_writer(record, default=_json_default), role="sidecar")
         tx.commit()
     if not args.quiet:
         for path, out in planned:
             print(f"wrote {path} ({out.name}, shape {out.volume.shape}, spacing "
                   f"{', '.join(f'{s:.3g}' for s in out.volume.spacing)} mm)")
+        if table_final is not None:
+            rows = max(0, table_bytes.count(b"\n") - 1)
+            print(f"wrote {table_final} (candidate regions table, {rows} row(s))")
         print(f"wrote {finals[-1]} (provenance)")
     if result.info.get("warning"):
         print(f"medgen: warning: {result.info['warning']}", file=sys.stderr)

@@ -91,7 +91,8 @@ def test_run_lesion_with_points_csv_writes_mask(capsys, scans, tmp_path):
 
 
 def test_run_anomaly_and_harmonize(capsys, scans, tmp_path):
-    code, _, err = run_cli(capsys, "run", "anomaly", scans["fine"], "-o", tmp_path / "heat.nii.gz", "--quiet")
+    code, _, err = run_cli(capsys, "run", "anomaly", scans["fine"], "-o", tmp_path / "heat.nii.gz", "--quiet",
+                           "--family", "classic.outlier")
     assert code == 0, err
     assert (tmp_path / "heat_regions.nii.gz").exists()
     code, _, err = run_cli(capsys, "run", "harmonize", scans["fine"], "-o", tmp_path / "h.nii.gz",
@@ -134,3 +135,68 @@ def test_installed_console_script(tmp_path):
     proc = subprocess.run([str(exe), "families"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "classic.cubic" in proc.stdout and "template.zscore" in proc.stdout
+
+
+# -- the candidate regions table (issue 9) ------------------------------------------------------
+def outlier(scans, *argv):
+    """``medgen run anomaly <fine scan> --family classic.outlier ARGV``."""
+    return ("run", "anomaly", scans["fine"], "--family", "classic.outlier", *argv)
+
+
+def _table(path):
+    import csv
+
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_run_anomaly_writes_the_regions_table_beside_the_heatmap(capsys, scans, tmp_path):
+    from napari_medgen.regions import REGION_COLUMNS, regions_csv_bytes
+
+    code, out, err = run_cli(capsys, *outlier(scans), "-o", tmp_path / "heat.nii.gz",
+                             "--param", "threshold=3", "--param", "min_region_mm3=2")
+    assert code == 0, err
+    table = tmp_path / "heat_regions.csv"
+    assert f"wrote {table} (candidate regions table" in out
+    sidecar = json.loads((tmp_path / "heat.medgen.json").read_text())
+    assert sidecar["outputs"]["regions_table"] == str(table)
+    assert sidecar["n_regions"] >= 1
+    # the same bytes as the dock's "Save table..."
+    assert table.read_bytes() == regions_csv_bytes(sidecar["regions"])
+    rows = _table(table)
+    assert tuple(rows[0]) == REGION_COLUMNS and len(rows) == len(sidecar["regions"])
+    labels = np.asarray(nib.load(tmp_path / "heat_regions.nii.gz").dataobj)
+    assert int((labels == 1).sum()) == int(rows[0]["voxels"])
+    # --regions-output chooses the place
+    chosen = tmp_path / "tables" / "cands.csv"
+    chosen.parent.mkdir()
+    code, _, err = run_cli(capsys, *outlier(scans), "-o", tmp_path / "h2.nii.gz", "--quiet", "--param",
+                           "threshold=3", "--param", "min_region_mm3=2", "--regions-output", chosen)
+    assert code == 0, err
+    assert chosen.read_bytes() == table.read_bytes() and not (tmp_path / "h2_regions.csv").exists()
+
+
+def test_an_existing_regions_table_is_refused_before_any_compute(capsys, scans, tmp_path, monkeypatch):
+    from medgen_classic.anomaly import IntensityOutlier
+
+    runs = []
+    monkeypatch.setattr(IntensityOutlier, "run", lambda self, *a, **k: runs.append(1))
+    table = tmp_path / "heat_regions.csv"
+    table.write_text("an earlier table\n")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code, _, err = run_cli(capsys, *outlier(scans), "-o", tmp_path / "heat.nii.gz", "--quiet")
+    assert code == 2 and "regions table" in err and "already exists; use --overwrite" in err
+    chosen = tmp_path / "mine.csv"
+    chosen.write_text("mine\n")
+    code, _, err = run_cli(capsys, *outlier(scans), "-o", tmp_path / "h.nii.gz", "--quiet",
+                           "--regions-output", chosen)
+    assert code == 2 and "already exists" in err
+    code, _, err = run_cli(capsys, *outlier(scans), "-o", tmp_path / "h.nii.gz", "--quiet",
+                           "--regions-output", scans["fine"], "--overwrite")
+    assert code == 2 and "regions table" in err and "is the input file" in err
+    code, _, err = run_cli(capsys, "run", "superres", scans["thick"], "-o", tmp_path / "sr.nii.gz", "--quiet",
+                           "--family", "classic.cubic", "--regions-output", tmp_path / "r.csv")
+    assert code == 2 and "writes no candidate regions" in err
+    assert runs == []
+    assert table.read_text() == "an earlier table\n" and chosen.read_text() == "mine\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, "mine.csv"])

@@ -84,7 +84,7 @@ def test_1_an_output_that_is_an_input_is_refused_and_the_input_survives(capsys, 
         regions_input = tmp_path / "scan_regions.nii.gz"
         regions_input.write_bytes(fine.read_bytes())
         fine, before = regions_input, {**before, regions_input: digest(regions_input)}
-        task, extra, out = "anomaly", [], tmp_path / "scan.nii.gz"
+        task, extra, out = "anomaly", ["--family", "classic.outlier"], tmp_path / "scan.nii.gz"
     files = listing(tmp_path)
     for overwrite in ([], ["--overwrite"]):
         code, _, err = run_cli(capsys, "run", task, fine, "-o", out, *extra, *overwrite, "--quiet")
@@ -277,7 +277,8 @@ def test_8_several_dicom_series_are_listed_and_the_chosen_one_is_recorded(capsys
     line = one_error_line(err)
     assert "2 DICOM series" in line and "--series" in line and "T1 MPRAGE" in line and "T2 FLAIR" in line
     assert not out.exists()
-    code, _, err = run_cli(capsys, "run", "anomaly", folder, "-o", out, "-q", "--series", "3")
+    code, _, err = run_cli(capsys, "run", "anomaly", folder, "-o", out, "-q", "--series", "3",
+                           "--family", "classic.outlier")
     assert code == 0, err
     source = json.loads((tmp_path / "heat.medgen.json").read_text())["provenance"]["input_source"]
     assert source["series_instance_uid"] == "1.2.3.4.100" and source["series_number"] == 3
@@ -334,7 +335,8 @@ def test_11_a_broken_plugin_is_reported_by_families_once_not_by_every_command(tm
     exe = str(Path(sys.executable).parent / "medgen")
     fam = subprocess.run([exe, "families"], capture_output=True, text=True, env=env, timeout=120)
     assert fam.returncode == 0 and fam.stderr.count("broken-medgen") == 1, fam.stderr
-    run = subprocess.run([exe, "run", "anomaly", str(scans["fine"]), "-o", str(tmp_path / "a.nii.gz"), "-q"],
+    run = subprocess.run([exe, "run", "anomaly", str(scans["fine"]), "-o", str(tmp_path / "a.nii.gz"), "-q",
+                          "--family", "classic.outlier"],
                          capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stderr
     assert run.stderr == "" and run.stdout == ""
@@ -393,12 +395,13 @@ def test_11_families_json_into_a_closed_pipe_is_not_an_error():
 
 def test_overwrite_replaces_every_output_and_the_sidecar(capsys, scans, tmp_path):
     out = tmp_path / "a.nii.gz"
-    argv = ["run", "anomaly", scans["fine"], "-o", out, "--quiet"]
+    argv = ["run", "anomaly", scans["fine"], "-o", out, "--quiet", "--family", "classic.outlier"]
     assert run_cli(capsys, *argv)[0] == 0
-    assert listing(tmp_path) == ["a.medgen.json", "a.nii.gz", "a_regions.nii.gz", "fine.nii.gz", "ref.nii.gz"]
+    written = ["a.medgen.json", "a.nii.gz", "a_regions.csv", "a_regions.nii.gz", "fine.nii.gz", "ref.nii.gz"]
+    assert listing(tmp_path) == written
     code, _, err = run_cli(capsys, *argv)
     assert code == 2 and "already exists; use --overwrite to replace it" in one_error_line(err)
     code, _, err = run_cli(capsys, *argv, "--param", "threshold=6", "--overwrite")
     assert code == 0, err
     assert json.loads((tmp_path / "a.medgen.json").read_text())["provenance"]["params"]["threshold"] == 6.0
-    assert listing(tmp_path) == ["a.medgen.json", "a.nii.gz", "a_regions.nii.gz", "fine.nii.gz", "ref.nii.gz"]
+    assert listing(tmp_path) == written

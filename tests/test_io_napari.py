@@ -197,7 +197,11 @@ def test_real_napari_layers_round_trip():
 def test_other_kinds_and_dimensions():
     vol = Volume.from_spacing(np.random.default_rng(4).random((3, 4, 5)), (2.0, 1.0, 1.0))
     _, kwargs, kind = volume_to_layer_data(vol, kind="heatmap")
-    assert kind == "image" and kwargs["colormap"] == "inferno" and kwargs["blending"] == "additive"
+    assert kind == "image" and kwargs["colormap"]["name"] == "medgen_heat"
+    assert kwargs["blending"] == "translucent"
+    assert kwargs["contrast_limits"][0] == 0.0
+    _, kwargs, _ = volume_to_layer_data(vol, kind="heatmap", threshold=3.0)
+    assert kwargs["contrast_limits"] == [0.0, 6.0]
     with pytest.raises(InputError, match="whole numbers"):
         volume_to_layer_data(vol, kind="labels")
     four = Volume(np.zeros((2, 3, 4, 5), np.float32), vol.affine)

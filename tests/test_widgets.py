@@ -71,6 +71,7 @@ def test_anomaly_dock_gives_heatmap_and_regions(viewer, phantom):
     add_volume(viewer, image.with_data(data), "scan")
     w = open_dock(viewer, "Anomaly map")
     w.image_combo.value = "scan"
+    w.select_family("classic.outlier")
     n = len(viewer.layers)
     w.run()
     assert w.last_error == ""
@@ -78,7 +79,8 @@ def test_anomaly_dock_gives_heatmap_and_regions(viewer, phantom):
     kinds = {type(layer).__name__ for layer in new}
     assert kinds == {"Image", "Labels"}
     heat = next(layer for layer in new if type(layer).__name__ == "Image")
-    assert heat.colormap.name == "inferno" and heat.blending == "additive"
+    assert heat.colormap.name == "medgen_heat" and heat.blending == "translucent"
+    assert tuple(heat.contrast_limits) == (0.0, 2 * w.last_result.info["threshold"])
     assert heat.data[12, 20, 20] > heat.data[5, 20, 20]
 
 

@@ -32,6 +32,9 @@ __all__ = [
     "volume_to_layer_data",
     "contrast_limits",
     "looks_like_labels",
+    "heatmap_colormap",
+    "heatmap_kwargs",
+    "HEATMAP_COLORMAP_NAME",
 ]
 
 LayerDataTuple = tuple  # (data, kwargs, layer_type), as napari.types.LayerDataTuple
@@ -207,6 +210,56 @@ def contrast_limits(data: np.ndarray) -> list[float]:
     return [lo, hi]
 
 
+# -- heatmaps ---------------------------------------------------------------------------------
+#: the registered name of the heatmap colormap (see :func:`heatmap_colormap`)
+HEATMAP_COLORMAP_NAME = "medgen_heat"
+# (position in the contrast range, RGBA): with limits [0, 2 x threshold], fully transparent up
+# to half the threshold, a translucent red at the threshold, opaque orange to yellow above it
+_HEAT_STOPS = (
+    (0.0, (0.75, 0.0, 0.0, 0.0)),
+    (0.25, (0.75, 0.0, 0.0, 0.0)),
+    (0.5, (1.0, 0.1, 0.0, 0.6)),
+    (0.75, (1.0, 0.55, 0.0, 0.9)),
+    (1.0, (1.0, 1.0, 0.3, 1.0)),
+)
+
+
+def heatmap_colormap() -> dict[str, Any]:
+    """The heatmap colormap, as napari's ``Colormap(**this)`` arguments (no napari import here).
+
+    Transparent over the lower quarter of the contrast range, so that the anatomy beneath
+    stays readable where the score is low, then red -> orange -> yellow with rising opacity.
+    """
+    return {
+        "name": HEATMAP_COLORMAP_NAME,
+        "display_name": "MedGen heat",
+        "colors": [list(rgba) for _, rgba in _HEAT_STOPS],
+        "controls": [at for at, _ in _HEAT_STOPS],
+    }
+
+
+def heatmap_kwargs(data: Any = None, threshold: float | None = None) -> dict[str, Any]:
+    """Layer settings of a heatmap: the colormap above, translucent blending, contrast limits.
+
+    The limits are ``[0, 2 x threshold]`` when a threshold is known (the threshold then sits
+    at mid-colour, and scores below half of it are invisible), else ``[0, the 99.5th
+    percentile]`` of ``data`` (from its minimum when that is negative).
+    """
+    kwargs: dict[str, Any] = {"colormap": heatmap_colormap(), "blending": "translucent"}
+    limit = None
+    try:
+        if threshold is not None and np.isfinite(float(threshold)) and float(threshold) > 0:
+            limit = [0.0, 2.0 * float(threshold)]
+    except (TypeError, ValueError):
+        limit = None
+    if limit is None and data is not None:
+        lo, hi = contrast_limits(data)
+        limit = [min(0.0, lo), hi]
+    if limit is not None:
+        kwargs["contrast_limits"] = limit
+    return kwargs
+
+
 # -- Volume <-> layer -------------------------------------------------------------------------
 def _geometry_kwargs(volume: Volume) -> dict[str, Any]:
     """napari scale/translate(/affine) for a Volume of any supported dimensionality."""
@@ -233,12 +286,16 @@ def volume_to_layer_data(
     kind: str = "image",
     name: str | None = None,
     extra_metadata: dict[str, Any] | None = None,
+    *,
+    threshold: float | None = None,
     **layer_kwargs: Any,
 ) -> LayerDataTuple:
     """A napari layer-data tuple ``(data, kwargs, layer_type)`` with the Volume's geometry.
 
-    ``kind`` is ``"image"``, ``"labels"`` or ``"heatmap"`` (an image layer in inferno with
-    additive blending). ``layer_kwargs`` override the defaults (colormap, contrast...).
+    ``kind`` is ``"image"``, ``"labels"`` or ``"heatmap"`` (an image layer that leaves the
+    anatomy beneath readable: see :func:`heatmap_kwargs`; ``threshold`` is the heatmap's
+    candidate threshold, when known). ``layer_kwargs`` override the defaults (colormap,
+    contrast...).
     """
     if kind not in ("image", "labels", "heatmap"):
         raise InputError(f"unknown layer kind {kind!r}; expected image, labels or heatmap")
@@ -264,10 +321,11 @@ def volume_to_layer_data(
             data = data.astype(np.int32)
     else:
         layer_type = "image"
-        kwargs["contrast_limits"] = contrast_limits(data)
-        kwargs["colormap"] = "inferno" if kind == "heatmap" else "gray"
         if kind == "heatmap":
-            kwargs["blending"] = "additive"
+            kwargs.update(heatmap_kwargs(data, threshold))
+        else:
+            kwargs["contrast_limits"] = contrast_limits(data)
+            kwargs["colormap"] = "gray"
     kwargs.update(layer_kwargs)
     return (data, kwargs, layer_type)
 

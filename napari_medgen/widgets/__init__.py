@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..family import Task
+from .anomaly_regions import AnomalyRegions
 from .families_panel import FamiliesPanel
 from .superres_compare import SuperresCompare
 from .superres_plan import PLAN_PARAMS, superres_plan
@@ -20,6 +21,7 @@ __all__ = [
     "TaskWidget",
     "FamiliesPanel",
     "SuperresCompare",
+    "AnomalyRegions",
     "superres_widget",
     "anomaly_widget",
     "harmonize_widget",
@@ -43,10 +45,11 @@ class superres_widget(TaskWidget):  # noqa: N801 - the manifest's python_name
 
 
 class anomaly_widget(TaskWidget):  # noqa: N801
-    """Anomaly map dock."""
+    """Anomaly map dock, with the candidate regions: live threshold and minimum size, table, Save table."""
 
     def __init__(self, napari_viewer: "napari.viewer.Viewer") -> None:
         super().__init__(napari_viewer, Task.ANOMALY)
+        self.regions_part = AnomalyRegions(self)
 
 
 class harmonize_widget(TaskWidget):  # noqa: N801
@@ -61,6 +64,7 @@ class lesion_widget(TaskWidget):  # noqa: N801
 
     def __init__(self, napari_viewer: "napari.viewer.Viewer") -> None:
         super().__init__(napari_viewer, Task.LESION)
+        self.add_done_note(lambda r: f"{len(r.info['lesions'])} lesion(s)" if "lesions" in r.info else "")
 
 
 class families_widget(FamiliesPanel):  # noqa: N801

@@ -5,8 +5,9 @@ with the run's number, to the dock's bar and to one :class:`RunProgress` bar in 
 dock; signals of a run that has ended are ignored. Results arrive as new layers; the input
 layers are never modified. ``SYNCHRONOUS = True`` (or ``MEDGEN_SYNC_WORKERS=1``) runs in the
 calling thread, for deterministic tests. Task-specific parts (the SR plan line and compare
-view) live in modules of their own and are added with :meth:`TaskWidget.add_summary_part`
-and :meth:`TaskWidget.add_task_widget`.
+view, the anomaly candidate regions) live in modules of their own and are added with
+:meth:`TaskWidget.add_summary_part`, :meth:`TaskWidget.add_task_widget` and
+:meth:`TaskWidget.add_done_note`; they react to :attr:`TaskWidget.result_added`.
 """
 
 from __future__ import annotations
@@ -156,6 +157,7 @@ class TaskWidget(ScrollDock):
         self._entries: list[FamilyEntry] = []
         self._param_widgets: dict[str, mw.ValueWidget] = {}
         self._summary_parts: list[tuple[Callable[..., str], tuple[str, ...]]] = []
+        self._done_notes: list[Callable[[Result], str]] = []
         self._cancel = threading.Event()
         self._worker = None
         self._run: _Run | None = None
@@ -209,7 +211,7 @@ class TaskWidget(ScrollDock):
         if self.task is Task.LESION:
             self.points_combo = mw.ComboBox(choices=[NONE], tooltip="a Points layer: one lesion per point")
             form.addRow("Points", self.points_combo.native)
-        if self.task in (Task.LESION, Task.HARMONIZE):
+        if self.task in (Task.LESION, Task.HARMONIZE, Task.ANOMALY):
             tip = (
                 "a Labels layer: random lesions are placed inside it"
                 if self.task is Task.LESION
@@ -275,6 +277,13 @@ class TaskWidget(ScrollDock):
         """Add a task-specific row (e.g. the SR compare button) below the status line."""
         self._task_rows.addWidget(widget)
         self.fit_width()
+
+    def add_done_note(self, describe: Callable[[Result], str]) -> None:
+        """Add a task-specific note to the "Done" line of a finished run (e.g. "12 candidate regions").
+
+        ``describe(result)`` returns the note, or "" for none.
+        """
+        self._done_notes.append(describe)
 
     # -- layers ------------------------------------------------------------------
     def _layers_of(self, kind: str) -> list[str]:
@@ -617,15 +626,11 @@ class TaskWidget(ScrollDock):
         added = self.add_result_layers(result)
         self.progress_bar.setValue(100)
         prov = result.info.get("provenance", {})
-        extra = ""
-        if "regions" in result.info:
-            extra = f"; {len(result.info['regions'])} candidate region(s)"
-        if "lesions" in result.info:
-            extra = f"; {len(result.info['lesions'])} lesion(s)"
+        notes = [note for describe in self._done_notes if (note := describe(result))]
         text = (
             f"Done in {prov.get('elapsed_s', 0):.1f} s on {prov.get('device', '?')}: added "
             + ", ".join(f"'{name}'" for name in added)
-            + extra
+            + "".join(f"; {note}" for note in notes)
         )
         if result.info.get("warning"):  # a family's caveat about this result, e.g. a fallback
             text += f"<br><span style='color:#e0a030'>Warning: {result.info['warning']}</span>"
@@ -665,12 +670,12 @@ class TaskWidget(ScrollDock):
 
         names = []
         for out in result.outputs:
+            # a heatmap shows over the anatomy (see io.napari_io.heatmap_kwargs); its threshold sets the colours
+            kind = out.kind if out.kind in ("labels", "heatmap") else "image"
+            threshold = result.info.get("threshold") if kind == "heatmap" else None
             data, kwargs, layer_type = volume_to_layer_data(
-                out.volume, kind="labels" if out.kind == "labels" else "image", name=out.volume.name or out.name
+                out.volume, kind=kind, name=out.volume.name or out.name, threshold=threshold
             )
-            if out.kind == "heatmap":
-                kwargs.setdefault("colormap", "inferno")
-                kwargs.setdefault("blending", "additive")
             for key, value in out.display.items():
                 kwargs[key] = value
             layer = Layer.create(data, kwargs, layer_type)

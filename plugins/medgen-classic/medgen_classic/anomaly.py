@@ -27,15 +27,15 @@ from napari_medgen import (
     RunContext,
     Task,
 )
-
-from .masks import foreground_mask
+from napari_medgen.masks import foreground_mask
+from napari_medgen.regions import label_regions
 
 __all__ = ["IntensityOutlier", "local_median", "median_window"]
 
 _MAD_TO_SIGMA = 1.4826
 _CHUNK_VOXELS = 600_000
-#: at most this many regions are described one by one in ``result.info["regions"]``
-MAX_LISTED_REGIONS = 200
+#: what the heatmap's scale means (``result.info["score_units"]``)
+SCORE_UNITS = "robust z-score of the local-median residual"
 
 
 def median_window(median_mm: float, spacing: Sequence[float]) -> tuple[int, int, int]:
@@ -184,12 +184,9 @@ class IntensityOutlier(ModelFamily):
         heat[~fg] = 0.0
 
         ctx.progress(total - 1, total, "candidate regions")
-        labels, regions, n_regions = self._regions(image, heat, threshold, min_mm3)
+        labels, regions, n_regions = label_regions(heat, image, threshold, min_mm3)
         ctx.progress(total, total, "done")
 
-        fg_heat = heat[fg]
-        top = float(np.percentile(fg_heat, 99.9)) if fg_heat.size else 0.0
-        limits = [0.0, float(max(threshold * 2.0, top))]
         base = image.name or "image"
         heat_vol = image.with_data(heat, name=f"{base} (outlier z)")
         label_vol = image.with_data(labels, name=f"{base} (outlier regions)")
@@ -199,7 +196,6 @@ class IntensityOutlier(ModelFamily):
                 heat_vol,
                 kind="heatmap",
                 description="absolute robust z-score of the local-median residual",
-                display={"colormap": "inferno", "blending": "additive", "contrast_limits": limits},
             ),
             Output("regions", label_vol, kind="labels", description=f"regions with z > {threshold:g}"),
         ]
@@ -211,53 +207,9 @@ class IntensityOutlier(ModelFamily):
             "foreground_level": level,
             "foreground_voxels": int(fg.sum()),
             "threshold": threshold,
+            "min_region_mm3": min_mm3,
+            "score_units": SCORE_UNITS,
             "n_regions": n_regions,
             "regions": regions,
         }
         return Result(outputs, info)
-
-    @staticmethod
-    def _regions(image, heat: np.ndarray, threshold: float, min_mm3: float) -> tuple[np.ndarray, list[dict], int]:
-        """Connected components above ``threshold``, small ones dropped, relabelled by peak.
-
-        Statistics are gathered over the candidate voxels only (never a full-volume sort).
-        """
-        raw, n = ndimage.label(heat > threshold, structure=np.ones((3, 3, 3), dtype=bool))
-        voxel_mm3 = float(np.prod(image.spacing))
-        if n == 0:
-            return np.zeros(heat.shape, dtype=np.uint16), [], 0
-        flat_idx = np.flatnonzero(raw)
-        lab = raw.ravel()[flat_idx]
-        sizes = np.bincount(lab, minlength=n + 1)
-        peaks_all = np.zeros(n + 1)
-        np.maximum.at(peaks_all, lab, heat.ravel()[flat_idx])
-        index = np.arange(1, n + 1)
-        keep = index[sizes[1:] * voxel_mm3 >= min_mm3]
-        if keep.size == 0:
-            return np.zeros(heat.shape, dtype=np.uint16), [], 0
-        order = keep[np.argsort(-peaks_all[keep], kind="stable")]
-        dtype = np.uint16 if order.size < np.iinfo(np.uint16).max else np.uint32
-        lut = np.zeros(n + 1, dtype=dtype)
-        lut[order] = np.arange(1, order.size + 1, dtype=dtype)
-        labels = lut[raw]
-        del raw
-        # centroids from per-label coordinate sums
-        coords = np.unravel_index(flat_idx, heat.shape)
-        sums = np.stack([np.bincount(lab, weights=c, minlength=n + 1) for c in coords], axis=1)
-        listed = min(order.size, MAX_LISTED_REGIONS)
-        centroids = sums[order[:listed]] / sizes[order[:listed], None]
-        world = image.index_to_world(centroids)
-        regions = []
-        for k in range(listed):
-            vox = int(sizes[order[k]])
-            regions.append(
-                {
-                    "label": k + 1,
-                    "voxels": vox,
-                    "volume_mm3": vox * voxel_mm3,
-                    "peak_z": float(peaks_all[order[k]]),
-                    "centroid_index": [float(v) for v in centroids[k]],
-                    "centroid_world_mm": [float(v) for v in world[k]],
-                }
-            )
-        return labels, regions, int(order.size)
