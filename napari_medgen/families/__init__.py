@@ -14,6 +14,10 @@ from ..hookspecs import hookimpl
 @hookimpl
 def medgen_register_families(register: Callable[[object], None]) -> None:
     """Register the built-in families."""
+    from .ddpm_anomaly import NormativeDiffusion
     from .superres import SelfSupervisedSR
+    from .vae_anomaly import NormativeVAE
 
     register(SelfSupervisedSR())
+    register(NormativeDiffusion())
+    register(NormativeVAE())
