@@ -252,6 +252,7 @@ def test_dock_runs_each_learned_family_with_reference_layers(fid, make_napari_vi
     np.testing.assert_allclose(heat.scale, scan.spacing)
     assert w.last_result.info["mode"] == "references"
     assert w.regions_part.table.rowCount() == len(w.last_result.info["regions"])
+    assert heat.name not in w.ref_select.choices  # a heatmap is not offered as a reference scan
 
 
 def test_a_reference_with_a_lesion_is_named_in_a_warning():

@@ -36,7 +36,7 @@ from qtpy.QtWidgets import (
 
 from ..errors import Cancelled, MedGenError
 from ..family import Inputs, ModelFamily, Param, Result, Task
-from ..io.napari_io import layer_to_volume, volume_to_layer_data
+from ..io.napari_io import HEATMAP_COLORMAP_NAME, layer_to_volume, volume_to_layer_data
 from ..registry import FamilyEntry, get_registry
 from ._dock import ScrollDock
 from ._run_progress import RunProgress
@@ -304,9 +304,10 @@ class TaskWidget(ScrollDock):
             self.image_combo.value = current
         elif active is not None and active.name in images:
             self.image_combo.value = active.name  # default: the layer the user is looking at
-        if self.ref_select is not None:
-            keep = [v for v in (self.ref_select.value or []) if v in images]
-            self.ref_select.choices = images
+        if self.ref_select is not None:  # scans only: a heatmap result is never a reference
+            scans = [n for n in images if getattr(self.viewer.layers[n].colormap, "name", "") != HEATMAP_COLORMAP_NAME]
+            keep = [v for v in (self.ref_select.value or []) if v in scans]
+            self.ref_select.choices = scans
             self.ref_select.value = keep
         if self.points_combo is not None:
             cur = self.points_combo.value
