@@ -23,7 +23,7 @@ from scipy import ndimage
 from .errors import Cancelled, InputError
 from .volume import Volume
 
-__all__ = ["Registration", "register", "to_sitk", "contrast_agreement", "match_intensities"]
+__all__ = ["Registration", "register", "to_sitk", "contrast_agreement"]
 
 _REVERSE = np.eye(3)[::-1]
 AFFINE_STEP = 1.0
@@ -85,6 +85,7 @@ def register(
     if shrink is None:
         shrink = (4, 2) if np.prod(fixed.shape) > 4_000_000 else (4, 2, 1)
     f_img = to_sitk(fixed)
+    mask_img = _mask_image(fixed, fixed_mask)
     m_img = to_sitk(moving)
     init = sitk.CenteredTransformInitializer(
         f_img, m_img, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.MOMENTS
@@ -96,9 +97,8 @@ def register(
         reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
         reg.SetMetricSamplingStrategy(reg.RANDOM)
         reg.SetMetricSamplingPercentage(float(sampling), seed=int(seed) + 1)
-        if fixed_mask is not None:
-            mask_img = to_sitk(fixed, np.asarray(fixed_mask, dtype=np.float32))
-            reg.SetMetricFixedMask(sitk.Cast(mask_img > 0.5, sitk.sitkUInt8))
+        if mask_img is not None:
+            reg.SetMetricFixedMask(mask_img)
         reg.SetInterpolator(sitk.sitkLinear)
         reg.SetOptimizerAsRegularStepGradientDescent(
             learningRate=1.0 if transform_kind == "rigid" else AFFINE_STEP, minStep=1e-4,
@@ -137,7 +137,7 @@ def register(
         affine, a_metric, a_stop = stage(rigid, "affine")
         # keep the affine only where it fits better on all foreground voxels (not on the
         # random sample it was optimised on): on a small or smooth image it can drift
-        if _metric(f_img, m_img, affine, fixed_mask, fixed) <= _metric(f_img, m_img, rigid, fixed_mask, fixed):
+        if _metric(f_img, m_img, affine, mask_img) <= _metric(f_img, m_img, rigid, mask_img):
             final, metric, stop = affine, a_metric, a_stop
         else:
             stop = f"rigid kept: the affine stage fitted worse ({a_stop})"
@@ -156,16 +156,24 @@ def register(
     )
 
 
-def _metric(f_img, m_img, transform, fixed_mask, fixed: Volume) -> float:
-    """Mattes mutual information of ``transform`` over every (foreground) voxel; lower is better."""
+def _mask_image(fixed: Volume, fixed_mask: np.ndarray | None):
+    """The metric mask as a SimpleITK uint8 image on the fixed grid (None: no mask)."""
+    import SimpleITK as sitk
+
+    if fixed_mask is None:
+        return None
+    return sitk.Cast(to_sitk(fixed, np.asarray(fixed_mask, dtype=np.float32)) > 0.5, sitk.sitkUInt8)
+
+
+def _metric(f_img, m_img, transform, mask_img) -> float:
+    """Mattes mutual information of ``transform`` over every (masked) voxel; lower is better."""
     import SimpleITK as sitk
 
     reg = sitk.ImageRegistrationMethod()
     reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     reg.SetMetricSamplingStrategy(reg.NONE)
-    if fixed_mask is not None:
-        mask_img = to_sitk(fixed, np.asarray(fixed_mask, dtype=np.float32))
-        reg.SetMetricFixedMask(sitk.Cast(mask_img > 0.5, sitk.sitkUInt8))
+    if mask_img is not None:
+        reg.SetMetricFixedMask(mask_img)
     reg.SetInterpolator(sitk.sitkLinear)
     reg.SetInitialTransform(transform)
     return float(reg.MetricEvaluate(f_img, m_img))
@@ -204,25 +212,3 @@ def contrast_agreement(
     rb -= rb.mean()
     denom = float(np.sqrt((ra * ra).sum() * (rb * rb).sum()))
     return float((ra * rb).sum() / denom) if denom > 0 else float("nan")
-
-
-def match_intensities(
-    source: np.ndarray, source_mask: np.ndarray, target: np.ndarray, target_mask: np.ndarray, n_quantiles: int = 21
-) -> np.ndarray:
-    """Piecewise-linear quantile matching (Nyul-style landmarks 1..99 %) of ``source`` to ``target``.
-
-    Landmarks are the percentiles of each image inside its mask; values outside the end
-    landmarks continue with the end segments' slopes. Returns a new float32 array.
-    """
-    qs = np.linspace(1.0, 99.0, n_quantiles)
-    s_q = np.percentile(np.asarray(source)[source_mask], qs)
-    t_q = np.percentile(np.asarray(target)[target_mask], qs)
-    s_q = np.maximum.accumulate(s_q + np.arange(qs.size) * 1e-6 * max(1.0, float(np.ptp(s_q))))
-    src = np.asarray(source, dtype=np.float32)
-    out = np.interp(src, s_q, t_q).astype(np.float32)
-    lo_slope = (t_q[1] - t_q[0]) / max(s_q[1] - s_q[0], 1e-12)
-    hi_slope = (t_q[-1] - t_q[-2]) / max(s_q[-1] - s_q[-2], 1e-12)
-    below, above = src < s_q[0], src > s_q[-1]
-    out[below] = t_q[0] + (src[below] - s_q[0]) * lo_slope
-    out[above] = t_q[-1] + (src[above] - s_q[-1]) * hi_slope
-    return out
