@@ -62,6 +62,7 @@ __all__ = [
     "TileSampler",
     "plane_axis",
     "local_rms",
+    "template_agreement",
 ]
 
 #: landmarks of the standard intensity scale (percent inside the foreground). None above the 90th:
@@ -711,8 +712,6 @@ class NormativeFamily(ModelFamily):
 
     def _check_reuse(self, image: Volume, data: np.ndarray, fg: np.ndarray, state, card, ctx: RunContext) -> None:
         """Refuse a saved model for another voxel size or another contrast than the scan's."""
-        from .registration import contrast_agreement, register
-
         for key in ("standard_scale", "calibration", "template_affine", "spacing_mm"):
             if key not in card:
                 raise WeightsError(f"the model card lacks '{key}'; it was not saved by this family")
@@ -725,26 +724,36 @@ class NormativeFamily(ModelFamily):
             )
         if "template" not in state:
             raise WeightsError("the model file lacks its template; it was not saved by this family")
-        tmpl = Volume(state["template"].numpy().astype(np.float32), np.asarray(card["template_affine"]), "template")
-        small, small_affine = _template(image, np.where(fg, data, 0.0))
-        scan_small = Volume(small, small_affine, "scan")
-        small_fg = small > np.percentile(small[small > 0], 20) if (small > 0).any() else small > 0
-        # the correlation is taken inside (about 8 mm in), away from the border and the skull, where any
-        # two heads correlate whatever their weighting
-        for depth in (2, 1):
-            inner = ndimage.binary_erosion(small_fg, iterations=depth)
-            if inner.sum() >= 50:
-                small_fg = inner
-                break
-        ctx.progress(2, 100, "checking the saved model's contrast against the scan")
-        reg = register(scan_small, tmpl, small_fg, kind="affine", check_cancelled=ctx.check_cancelled,
-                       sampling=0.5, seed=ctx.seed, shrink=(2, 1))
-        agree = contrast_agreement(small, reg.data, small_fg & reg.inside & (reg.data > 0), seed=ctx.seed, sigma=0.0)
+        template = Volume(state["template"].numpy().astype(np.float32), np.asarray(card["template_affine"]), "template")
+        agree = template_agreement(image, data, fg, template, ctx)
         if not agree >= MIN_CONTRAST_AGREEMENT:
             raise InputError(
                 f"the saved model was trained on another contrast than this scan's: after alignment its template "
                 f"and the scan rank-correlate at {agree:+.2f}. Train a model on healthy scans of this weighting"
             )
+
+
+def template_agreement(image: Volume, data: np.ndarray, fg: np.ndarray, template: Volume, ctx: RunContext) -> float:
+    """Rank correlation of a saved model's 4 mm template with the scan after an affine alignment.
+
+    A saved model is refused for a scan of another weighting than the one it was trained on;
+    the correlation is taken inside the foreground (about 8 mm in), away from the border and the
+    skull, where any two heads correlate whatever their weighting.
+    """
+    from .registration import contrast_agreement, register
+
+    small, small_affine = _template(image, np.where(fg, data, 0.0))
+    scan_small = Volume(small, small_affine, "scan")
+    small_fg = small > np.percentile(small[small > 0], 20) if (small > 0).any() else small > 0
+    for depth in (2, 1):
+        inner = ndimage.binary_erosion(small_fg, iterations=depth)
+        if inner.sum() >= 50:
+            small_fg = inner
+            break
+    ctx.progress(2, 100, "checking the saved model's contrast against the scan")
+    reg = register(scan_small, template, small_fg, kind="affine", check_cancelled=ctx.check_cancelled,
+                   sampling=0.5, seed=ctx.seed, shrink=(2, 1))
+    return contrast_agreement(small, reg.data, small_fg & reg.inside & (reg.data > 0), seed=ctx.seed, sigma=0.0)
 
 
 class _Sub:

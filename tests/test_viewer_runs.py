@@ -30,9 +30,13 @@ def _prepare(viewer, dock_name, phantom, thick_phantom):
         layer = _add(viewer, phantom[0], "scan")
         w.image_combo.value = "scan"
         expected = {"shape": tuple(phantom[0].shape), "scale": tuple(layer.scale)}
-        if dock_name == "Harmonize":
-            _add(viewer, phantom[0].with_data(phantom[0].data * 3.0 + 1.0), "reference")
+        if dock_name == "Harmonize":  # another subject from the target site; the learned default, briefly
+            from napari_medgen.io.phantom import make_phantom
+
+            other, _ = make_phantom((24, 40, 40), seed=5)
+            _add(viewer, other.with_data(other.data * 3.0 + 1.0), "reference")
             w.ref_select.value = ["reference"]
+            w.set_params(max_steps=20)
     return w, layer, expected
 
 

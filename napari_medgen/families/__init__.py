@@ -15,9 +15,11 @@ from ..hookspecs import hookimpl
 def medgen_register_families(register: Callable[[object], None]) -> None:
     """Register the built-in families."""
     from .ddpm_anomaly import NormativeDiffusion
+    from .harmonize_gan import ConstrainedHarmonization
     from .superres import SelfSupervisedSR
     from .vae_anomaly import NormativeVAE
 
     register(SelfSupervisedSR())
     register(NormativeDiffusion())
     register(NormativeVAE())
+    register(ConstrainedHarmonization())
