@@ -10,7 +10,7 @@ SYSTEM_PACKAGES := xvfb xauth libgl1-mesa-dri libglx-mesa0 libegl1 libxkbcommon-
 	libxcb-image0 libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-xinerama0 \
 	libxcb-xfixes0 libxcb-shape0 libxcb-cursor0 libdbus-1-3 libfontconfig1
 
-.PHONY: setup system-deps test demo bench eclare-env screenshot validate clean
+.PHONY: setup system-deps test demo bench eclare-env inorm-env screenshot validate clean
 
 setup: $(STAMP)
 
@@ -59,8 +59,19 @@ $(ECLARE_VENV)/.installed:
 
 eclare-env: $(ECLARE_VENV)/.installed
 
-bench: setup eclare-env
-	ECLARE_PYTHON=$(ECLARE_VENV)/bin/python $(PY) -m benchmarks.run_all
+# intensity-normalization (MIT) for the harmonization benchmark, run as a subprocess, never imported
+# here; 3.0.1 is the newest release for Python 3.11 (4.x needs 3.12). The venv ignores itself in git.
+INORM_VENV ?= benchmarks/.venv-inorm
+$(INORM_VENV)/.installed:
+	test -x $(INORM_VENV)/bin/python || $(PYTHON) -m venv $(INORM_VENV)
+	echo '*' > $(INORM_VENV)/.gitignore
+	$(INORM_VENV)/bin/python -m pip install -q "intensity-normalization==3.0.1"
+	touch $@
+
+inorm-env: $(INORM_VENV)/.installed
+
+bench: setup eclare-env inorm-env
+	ECLARE_PYTHON=$(ECLARE_VENV)/bin/python INORM_PYTHON=$(INORM_VENV)/bin/python $(PY) -m benchmarks.run_all
 
 clean:
 	rm -rf $(VENV) dist build

@@ -3,7 +3,8 @@
 About 1.5 hours on 2 CPU cores without the anomaly benchmark; the anomaly benchmark adds about
 25 minutes of baselines (T1 and T2 at 1 mm) plus the learned families' training: with the
 ``fast`` preset up to 10 minutes per training, 6 trainings per family and contrast (one in the
-references mode, five per scan), i.e. up to 4 hours for two families.
+references mode, five per scan), i.e. up to 4 hours for two families. The harmonization
+benchmark adds about 8 minutes of baselines plus the learned family's 8 runs (4 scans x 2 targets).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from . import anomaly, superres, writer
+from . import anomaly, harmonize, superres, writer
 from .common import write_section
 
 
@@ -33,6 +34,9 @@ def main() -> int:
     writer.main([])
     # anomaly maps: the learned normative families against the baselines, both modes, T1 and T2 at 1 mm
     anomaly.main(["--write"])
+    # harmonization: the learned family (fast preset) against identity, histogram matching, Nyul and
+    # intensity-normalization's methods, to another T1 scanner and to a T2-weighted site at 1 mm
+    harmonize.main(["--write"])
     return 0
 
 

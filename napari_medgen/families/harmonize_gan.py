@@ -60,7 +60,7 @@ from ..family import (
 from ..masks import foreground_mask, given_mask
 from ..volume import Volume
 
-__all__ = ["ConstrainedHarmonization", "PRESETS", "HarmonizePreset"]
+__all__ = ["PRESETS", "ConstrainedHarmonization", "HarmonizePreset", "limit_slopes"]
 
 #: below this rank correlation two aligned references are taken for different weightings
 MIN_REFERENCE_AGREEMENT = 0.3
@@ -71,10 +71,13 @@ MAX_FOV_RATIO = 1.6
 SCALE_PCT = (1.0, 99.0)
 #: the hallucination map's flag level (percent of the target's tissue range)
 FLAG_PERCENT = 10.0
-#: steepest allowed slope of a curve, in target tissue ranges per scan tissue range: no output edge is
-#: more than this many times as steep as the input's (a change of weighting needs up to about 5, where
-#: dark T1 CSF turns bright beside the dark background)
-MAX_SLOPE = 8.0
+#: steepest allowed slope of the mapping, in target tissue ranges per scan tissue range: no output edge
+#: is more than this many times as steep as the input's (a change of weighting needs about 5 to 7, where
+#: dark T1 CSF turns bright beside the dark background). The curve's own limit leaves room for the gains.
+MAX_SLOPE = 12.0
+#: the gains vary within exp(+-GAIN_RANGE): a site's bias field, up to about +-30%
+GAIN_RANGE = 0.3
+CURVE_SLOPE = MAX_SLOPE * float(np.exp(-2 * GAIN_RANGE))
 
 
 @dataclass(frozen=True)
@@ -173,7 +176,7 @@ def _initial_curve(s: np.ndarray, fg: np.ndarray, refs: list[np.ndarray], ref_ma
     return limit_slopes(curve, knots)
 
 
-def limit_slopes(values: np.ndarray, knots: np.ndarray, max_slope: float = MAX_SLOPE, axis: int = 0) -> np.ndarray:
+def limit_slopes(values: np.ndarray, knots: np.ndarray, max_slope: float = CURVE_SLOPE, axis: int = 0) -> np.ndarray:
     """Curves (knot values along ``axis``) made no steeper than ``max_slope``, keeping the middle knot's value.
 
     Between two knots the output may change by at most ``max_slope`` times the input's change, so
@@ -199,58 +202,63 @@ def _grid_shape(shape, spacing, cell_mm: float) -> tuple[int, int, int]:
 
 
 def _build_grid(curve: np.ndarray, gshape: tuple[int, int, int], members: int, rng: np.random.Generator):
-    """The bilateral grid as a torch module: per member, a global curve plus a smooth spatial correction."""
+    """The generator as a torch module: per member, one intensity curve and two smooth gain fields.
+
+    ``out(x) = h(x) * C(g(x) * s(x))`` in raw intensity units: ``g`` undoes the scan's smooth
+    spatial response (its bias field), ``C`` maps tissue intensities across scanners or weightings
+    (piecewise linear over the knots, any direction), ``h`` lays the target site's own bias field
+    over the result. The local curve ``s -> h C(g s)`` differs from place to place only by these
+    two smooth gains, so a lesion maps through the same curve as every other voxel of its intensity:
+    no place can learn to map it onto the tissue the references show there.
+    """
     import torch
 
-    class BilateralGrid(torch.nn.Module):
+    class GainCurve(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
             init = np.repeat(curve[None], members, axis=0)
             if members > 1:  # members start apart, so their spread says where the data do not decide
                 init = init + rng.normal(0.0, 0.01, init.shape).astype(np.float32)
             self.curve = torch.nn.Parameter(torch.from_numpy(init.astype(np.float32)))
-            self.delta = torch.nn.Parameter(torch.zeros((members, curve.size) + tuple(gshape)))
+            self.gains = torch.nn.Parameter(torch.zeros((members, 2) + tuple(gshape)))
+            self.s0 = 0.0  # the scan's and the target's raw zero in working units (gains act on raw intensity)
+            self.t0 = 0.0
 
-        def values(self, coords):
-            """Knot values (M, K, N) at ``coords`` (N, 3): grid coordinates in [-1, 1] per volume axis."""
-            m, k = self.delta.shape[:2]
+        def log_gains(self, coords):
+            """(M, 2, N) log input and output gains at ``coords`` (N, 3), grid coordinates in [-1, 1]."""
+            m = self.gains.shape[0]
             grid = coords.flip(-1).reshape(1, 1, 1, -1, 3).expand(m, 1, 1, -1, 3)
-            d = torch.nn.functional.grid_sample(self.delta, grid, mode="bilinear", align_corners=True)
-            return self.curve[:, :, None] + d.reshape(m, k, -1)
+            g = torch.nn.functional.grid_sample(self.gains, grid, mode="bilinear", align_corners=True)
+            return GAIN_RANGE * torch.tanh(g.reshape(m, 2, -1))
 
         def forward(self, s, coords, knots):
-            """Mapped intensities (M, N) of intensities ``s`` (N,) at ``coords`` (N, 3)."""
-            vals = self.values(coords)
+            """Mapped intensities (M, N) of working intensities ``s`` (N,) at ``coords`` (N, 3)."""
+            lg = self.log_gains(coords)
+            si = (s[None] + self.s0) * torch.exp(lg[:, 0]) - self.s0  # (M, N)
             kn = knots.to(s.dtype)
-            sc = s.clamp(kn[0], kn[-1])
+            sc = si.clamp(kn[0], kn[-1])
             idx = torch.searchsorted(kn, sc.contiguous(), right=True).clamp(1, kn.numel() - 1)
             lo, hi = kn[idx - 1], kn[idx]
             f = ((sc - lo) / (hi - lo)).clamp(0, 1)
-            i0 = (idx - 1)[None, None].expand(vals.shape[0], 1, -1)
-            v0 = torch.gather(vals, 1, i0)[:, 0]
-            v1 = torch.gather(vals, 1, i0 + 1)[:, 0]
-            return v0 * (1 - f) + v1 * f
+            v0 = torch.gather(self.curve, 1, idx - 1)
+            v1 = torch.gather(self.curve, 1, idx)
+            return (v0 * (1 - f) + v1 * f + self.t0) * torch.exp(lg[:, 1]) - self.t0
 
         def smoothness(self, knots):
-            """Smooth spatial corrections, small ones, and curves within the slope limit at every node."""
-            d = self.delta
-            terms = [(d.diff(dim=a) ** 2).mean() for a in (2, 3, 4) if d.shape[a] > 1]
-            knots_term = (d.diff(dim=1) ** 2).mean()
-            cap = (MAX_SLOPE * knots.diff()).reshape(1, -1, 1, 1, 1)
-            rise = (self.curve[:, :, None, None, None] + d).diff(dim=1)
-            steep = (torch.relu(rise.abs() - cap) ** 2).mean()
-            return sum(terms) + 0.1 * knots_term + 0.1 * (d**2).mean() + 100.0 * steep
+            """Smooth and small gain fields, and curves within the slope limit."""
+            g = self.gains
+            terms = [(g.diff(dim=a) ** 2).mean() for a in (2, 3, 4) if g.shape[a] > 1]
+            cap = CURVE_SLOPE * knots.diff()
+            steep = (torch.relu(self.curve.diff(dim=1).abs() - cap) ** 2).mean()
+            return 10.0 * sum(terms) + 0.1 * (g**2).mean() + 100.0 * steep
 
         def project(self, knots: np.ndarray) -> None:
-            """Enforce the slope limit exactly at every grid node (trilinear blends then keep it too)."""
+            """Enforce the slope limit on the curves exactly."""
             with torch.no_grad():
-                full = (self.curve[:, :, None, None, None] + self.delta).cpu().numpy()
-                limited = limit_slopes(full, knots, axis=1)
-                curve = np.median(limited.reshape(limited.shape[:2] + (-1,)), axis=2)
-                self.curve.copy_(torch.from_numpy(curve.astype(np.float32)))
-                self.delta.copy_(torch.from_numpy(limited - curve[:, :, None, None, None]))
+                limited = limit_slopes(self.curve.detach().cpu().numpy(), knots, axis=1)
+                self.curve.copy_(torch.from_numpy(limited))
 
-    return BilateralGrid()
+    return GainCurve()
 
 
 def _coords(idx0, idx1, idx2, shape) -> np.ndarray:
@@ -403,6 +411,7 @@ class ConstrainedHarmonization(ModelFamily):
             info["model_file"] = str(params["model_file"])
             info["training"] = card.get("training", {})
             info["references"] = card.get("references", [])
+            grid.s0, grid.t0 = s_lo / (s_hi - s_lo), t_lo / (t_hi - t_lo)
             world = True
         else:
             preset = PRESETS[preset_name]
@@ -413,7 +422,9 @@ class ConstrainedHarmonization(ModelFamily):
             curve = _initial_curve(s, fg, refs, ref_masks, ref_bg, knots, ctx.rng)
             info["initial_curve"] = {"knots": [round(float(v), 4) for v in knots],
                                      "values": [round(float(v), 4) for v in curve]}
-            grid, training = self._train(preset, params, s, fg, refs, ref_masks, knots, curve, axis, image, ctx)
+            offsets = (s_lo / (s_hi - s_lo), t_lo / (t_hi - t_lo))
+            grid, training = self._train(preset, params, s, fg, refs, ref_masks, knots, curve, axis, image, offsets,
+                                         ctx)
             info["training"] = training
             world = False
 
@@ -534,7 +545,8 @@ class ConstrainedHarmonization(ModelFamily):
         return work, masks, info, t_lo, t_hi, float(np.median(bgs))
 
     # -- training ---------------------------------------------------------------------------------
-    def _train(self, preset: HarmonizePreset, params, s, fg, refs, ref_masks, knots, curve, axis, image, ctx):
+    def _train(self, preset: HarmonizePreset, params, s, fg, refs, ref_masks, knots, curve, axis, image, offsets,
+               ctx):
         import torch
         from monai.losses import LocalNormalizedCrossCorrelationLoss, PatchAdversarialLoss
         from monai.networks.nets import PatchDiscriminator
@@ -547,6 +559,7 @@ class ConstrainedHarmonization(ModelFamily):
         n_refs, m = len(refs), preset.members
         gshape = _grid_shape(s.shape, image.spacing, preset.cell_mm)
         grid = _build_grid(curve, gshape, m, rng)
+        grid.s0, grid.t0 = (float(v) for v in offsets)
         disc = PatchDiscriminator(spatial_dims=2, channels=preset.disc_channels, in_channels=1, out_channels=1,
                                   num_layers_d=preset.disc_layers, norm="INSTANCE").to(device)
         adv = PatchAdversarialLoss(criterion="least_squares", reduction="mean")
@@ -676,7 +689,7 @@ class ConstrainedHarmonization(ModelFamily):
         tmpl, tmpl_affine = _template(image, np.where(fg, data, 0.0))
         state = {
             "curve": grid.curve.detach().float().cpu().contiguous(),
-            "delta": grid.delta.detach().float().cpu().contiguous(),
+            "gains": grid.gains.detach().float().cpu().contiguous(),
             "knots": torch.from_numpy(np.asarray(knots, np.float32)),
             "template": torch.from_numpy(tmpl),
         }
@@ -706,14 +719,15 @@ class ConstrainedHarmonization(ModelFamily):
         from ..normative import MIN_CONTRAST_AGREEMENT, template_agreement
 
         state, card = load_weights(path, expected_family=self.id)
-        for key in ("curve", "delta", "knots", "template"):
+        for key in ("curve", "gains", "knots", "template"):
             if key not in state:
                 raise WeightsError(f"the site model lacks '{key}'; it was not saved by this family")
         for key in ("target_scale", "train_affine", "train_shape", "template_affine"):
             if key not in card:
                 raise WeightsError(f"the site model's card lacks '{key}'; it was not saved by this family")
-        curve, delta = state["curve"].float(), state["delta"].float()
-        if curve.ndim != 2 or delta.ndim != 5 or delta.shape[:2] != curve.shape or state["knots"].numel() != curve.shape[1]:
+        curve, gains = state["curve"].float(), state["gains"].float()
+        if (curve.ndim != 2 or gains.ndim != 5 or gains.shape[:2] != (curve.shape[0], 2)
+                or state["knots"].numel() != curve.shape[1]):
             raise WeightsError("the site model's arrays do not fit together; the file is damaged")
         template = Volume(state["template"].numpy().astype(np.float32), np.asarray(card["template_affine"]), "template")
         agree = template_agreement(image, data, fg, template, ctx)
@@ -722,10 +736,10 @@ class ConstrainedHarmonization(ModelFamily):
                 f"the site model was trained on a scan of another weighting than this one: after alignment its "
                 f"template and the scan rank-correlate at {agree:+.2f}. Train a site model on a scan like this one"
             )
-        grid = _build_grid(curve[0].numpy(), tuple(delta.shape[2:]), int(curve.shape[0]), ctx.rng)
+        grid = _build_grid(curve[0].numpy(), tuple(gains.shape[2:]), int(curve.shape[0]), ctx.rng)
         with torch.no_grad():
             grid.curve.copy_(curve)
-            grid.delta.copy_(delta)
+            grid.gains.copy_(gains)
         grid.train_affine = np.asarray(card["train_affine"], dtype=np.float64)
         grid.train_shape = np.asarray(card["train_shape"], dtype=np.float64)
         grid.to(ctx.device).eval()
