@@ -6,6 +6,8 @@ line per check plus a summary file: time, peak GPU memory and result quality for
 * ``medgen.selfsr`` (super-resolution, 4 mm thick slices of a pseudo-subject, PSNR vs cubic);
 * ``medgen.vae_anomaly`` and ``medgen.ddpm_anomaly`` (normative anomaly maps, trained on 5
   references, applied to a test subject with lesions: AUROC, AUPRC, best Dice);
+* ``medgen.harmonize_gan`` (T1 pseudo-subject with lesions made T2-weighted from 5 site-B
+  references: PSNR in the brain against the noise-free site-B truth, lesions kept);
 * the engine's out-of-memory retry: ``engine.sliding_window`` under a GPU memory cap that the
   first batch size cannot fit, which must fall back to a smaller one and still give the result.
 
@@ -107,6 +109,31 @@ def check_anomaly(family_id: str, train_seconds: float, out_dir: Path) -> dict:
                                                               split["healthy"].brain_mask, thr), 5)}
 
 
+def check_harmonize(train_seconds: float, out_dir: Path) -> dict:
+    from napari_medgen import Inputs
+    from napari_medgen.families.harmonize_gan import ConstrainedHarmonization
+    from napari_medgen.runner import run_family
+
+    from .harmonize import data_range, evaluate_case
+    from .harmonize_data import benchmark_set
+
+    split = benchmark_set(small=False, cache_dir=out_dir / "cache")
+    case = split["test"][0]
+    _reset()
+    t0 = time.perf_counter()
+    res = run_family(ConstrainedHarmonization(), Inputs(image=case.scan, references=split["references"]["t2"]),
+                     {"preset": "quality"}, device="auto", seed=0, time_budget=train_seconds)
+    elapsed = time.perf_counter() - t0
+    out = np.asarray(res.primary.volume.data, np.float32)
+    scores = evaluate_case(out, case, "t2")
+    return {"check": "medgen.harmonize_gan quality (T1 to T2)", "seconds": round(elapsed, 1),
+            "peak_gpu_gb": round(_gpu_mem_gb(), 2), "device": res.info["training"].get("device"),
+            "steps": res.info["training"].get("steps"), "data_range": data_range(case.truth["t2"], case.brain_mask),
+            "lesions_kept": f"{sum(l['kept'] for l in scores['lesions'] if l['visible_at_site_a'])}/"
+                            f"{sum(l['visible_at_site_a'] for l in scores['lesions'])}",
+            "scores": {k: v for k, v in scores.items() if not isinstance(v, (list, dict))}}
+
+
 def check_oom_retry() -> dict:
     import torch
 
@@ -153,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         "vae": lambda: check_anomaly("medgen.vae_anomaly", args.train_seconds, args.out),
         "ddpm": lambda: check_anomaly("medgen.ddpm_anomaly", args.train_seconds, args.out),
         "sr": lambda: check_superres(args.train_seconds),
+        "harmonize": lambda: check_harmonize(args.train_seconds, args.out),
     }
     for name, fn in checks.items():
         if args.only and name not in args.only:

@@ -443,7 +443,7 @@ def run_method(method: str, target: str, split: dict[str, Any], time_budget: flo
         return outs, secs, peak, notes + ["peak RSS: the child process's whole peak"], details
     family_id, _, rest = method.partition(":")
     preset, _, overrides = rest.partition(":")  # family_id[:preset[:key=value;key=value]] (ablations)
-    extra = dict(kv.split("=", 1) for kv in overrides.split(";") if "=" in kv)
+    param_overrides = dict(kv.split("=", 1) for kv in overrides.split(";") if "=" in kv)
     registry = _registry()
     if family_id not in registry:
         harm = ", ".join(e.id for e in registry.families("harmonize")) or "none"
@@ -455,7 +455,7 @@ def run_method(method: str, target: str, split: dict[str, Any], time_budget: flo
     outs, secs, extra, infos = [], [], 0.0, []
     for case in cases:
         (data, info), sec, mb = _timed(
-            lambda case=case: _registered(family_id, preset or None, case.scan, refs, time_budget, extra)
+            lambda case=case: _registered(family_id, preset or None, case.scan, refs, time_budget, param_overrides)
         )
         outs.append(data)
         secs.append(sec)

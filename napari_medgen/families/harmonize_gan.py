@@ -1,15 +1,21 @@
 """Constrained adversarial harmonization: a smooth, spatially varying intensity mapping learned unpaired.
 
 The scan (site A) is made to look as if acquired at a target site, given only that site's
-scans of other subjects (the references). The generator cannot draw: it is a *bilateral
-grid* (Chen, Paris & Durand, SIGGRAPH 2007; learned as in HDRNet, Gharbi et al., SIGGRAPH
-2017): at every voxel the output is a piecewise-linear curve of the voxel's own intensity,
-and the curve's knot values vary smoothly in space (trilinear over a coarse grid, cells of
-about 2 cm). The curve may fall as well as rise, so a change of weighting (T1 to T2, where
-the tissue order reverses) is within reach, but an edge in the output can only come from an
-edge in the input: where the scan is smooth the output is smooth, so anatomy cannot appear,
-and two tissues of different intensity keep different values unless the curve is flat
-between them, which the losses below penalise.
+scans of other subjects (the references). The generator cannot draw. At every voxel the
+output is ``h(x) * C(g(x) * s(x))``: one piecewise-linear curve ``C`` of the voxel's own
+intensity between two smooth gain fields on a coarse grid (trilinear, cells of about 2 cm):
+``g`` undoes the scan's spatial response (bias field), ``h`` lays on the target site's. It is a
+bilateral grid (Chen, Paris & Durand, SIGGRAPH 2007; learned as in HDRNet, Gharbi et al.,
+SIGGRAPH 2017) whose local curves may differ from place to place only by those two gains. The
+curve may fall as well as rise, so a change of weighting (T1 to T2, where the tissue order
+reverses) is within reach, but:
+
+* a lesion maps through the same curve as every other voxel of its intensity, so no place can
+  learn to map it onto the tissue that the references show there (a free per-place curve did
+  exactly that in development and erased lesions);
+* an edge in the output can only come from an edge in the input: the curve's slope is limited
+  (:data:`MAX_SLOPE`, enforced exactly after training by :func:`limit_slopes`), so a region the
+  input shows flat stays flat up to the gains' slow drift.
 
 Training (all unpaired: no subject is seen at both sites):
 
@@ -19,20 +25,19 @@ Training (all unpaired: no subject is seen at both sites):
    (a joint histogram over the aligned voxels) sharpened by quantile matching onto the
    references' pooled histogram: this finds the tissue order, reversed or not;
 3. a MONAI ``PatchDiscriminator`` (least-squares ``PatchAdversarialLoss``) judges 2D
-   output patches against reference patches, and the grid is trained against it with an
+   output patches against reference patches, and the generator is trained against it with an
    L1 *anchor* to the aligned references (robust to their misalignment: a conditional
    median), a structure term (MONAI ``LocalNormalizedCrossCorrelationLoss`` between input
-   and output: local squared correlation, blind to the sign of the mapping) and a smoothness
-   penalty on the spatial part of the grid;
+   and output: local squared correlation, blind to the sign of the mapping) and smoothness of
+   the gains;
 4. several members are trained at once, each anchored to another subset of the references
    (leave one out); the output is their mean and the **hallucination map** their spread plus
-   any part of the output that a smooth curve of the input's intensity does not explain
-   (nonzero only for the unconstrained comparison generator), in percent of the target's
-   tissue range.
+   any part of the output that the constrained mapping does not explain (nonzero only for the
+   unconstrained comparison generator), in percent of the target's tissue range.
 
-A trained site model (curves, grid in world millimetres, intensity scales, a 4 mm template
-of the training scan) is saved as safetensors with a card naming the references' hashes and
-reused on every later scan from site A without training.
+A trained site model (curves, gains placed in the scanner's frame, intensity scales, a 4 mm
+template of the training scan) is saved as safetensors with a card naming the references'
+hashes and reused on every later scan from site A without training.
 """
 
 from __future__ import annotations
