@@ -52,7 +52,7 @@ from napari_medgen.masks import foreground_mask
 from napari_medgen.volume import Volume
 
 from .anomaly_data import KINDS, LOCATIONS, Subject, benchmark_set
-from .common import write_section
+from .common import merge_json, write_section
 
 __all__ = [
     "auroc",
@@ -589,17 +589,7 @@ def kind_row(contrast: str, method: str, mode: str, r: dict[str, Any]) -> str | 
 
 
 def _merge_json(entries: dict[str, Any]) -> None:
-    OUT_DIR.mkdir(parents=True, exist_ok=True)
-    data = {}
-    if JSON_PATH.is_file():
-        try:
-            data = json.loads(JSON_PATH.read_text())
-        except (OSError, ValueError):
-            data = {}
-    data.update(entries)
-    tmp = JSON_PATH.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=float))
-    tmp.replace(JSON_PATH)
+    merge_json(JSON_PATH, entries)
 
 
 def run(

@@ -132,3 +132,20 @@ def write_section(title: str, command: str, body: str) -> None:
     sections = [s for s in sections if not s.startswith(header + "\n")]
     sections.append(stamp + body.rstrip() + "\n")
     RESULTS.write_text(head.rstrip() + "\n\n" + "\n".join(s.rstrip() + "\n" for s in sections))
+
+
+def merge_json(path: Path, entries: dict[str, Any]) -> None:
+    """Add ``entries`` to the JSON object stored at ``path`` (a damaged file starts afresh), atomically."""
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {}
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            data = {}
+    data.update(entries)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=float))
+    tmp.replace(path)

@@ -62,7 +62,7 @@ from napari_medgen.masks import foreground_mask
 from napari_medgen.volume import Volume
 
 from .anomaly import RssPeak
-from .common import psnr, ssim, write_section
+from .common import merge_json, psnr, ssim, write_section
 from .harmonize_data import HKINDS, SITES, TARGETS, VISIBLE_KINDS, Case, benchmark_set
 
 __all__ = [
@@ -544,17 +544,7 @@ def table_row(method: str, r: dict[str, Any]) -> str:
 
 
 def _merge_json(entries: dict[str, Any]) -> None:
-    OUT_DIR.mkdir(parents=True, exist_ok=True)
-    data = {}
-    if JSON_PATH.is_file():
-        try:
-            data = json.loads(JSON_PATH.read_text())
-        except (OSError, ValueError):
-            data = {}
-    data.update(entries)
-    tmp = JSON_PATH.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=float))
-    tmp.replace(JSON_PATH)
+    merge_json(JSON_PATH, entries)
 
 
 def _size(small: bool) -> str:

@@ -130,25 +130,36 @@ def _support(data: np.ndarray) -> np.ndarray:
     return ndimage.binary_fill_holes(np.asarray(data) > lo + 0.05 * (hi - lo))
 
 
-def _knots(s: np.ndarray, fg: np.ndarray, k: int) -> np.ndarray:
-    """Knot positions: the background, then the foreground's quantiles, then the maximum (strictly increasing)."""
-    inner = np.quantile(s[fg][:: max(1, int(fg.sum()) // 2_000_000)], np.linspace(0.0, 1.0, k - 2))
+def _knots(s: np.ndarray, fg: np.ndarray, k: int) -> tuple[np.ndarray, int]:
+    """Knot positions and how many of them are background (strictly increasing).
+
+    The background's minimum and, where it stays below the foreground, its 99th percentile (so
+    its noise maps onto one flat background value), then the foreground's quantiles, then the
+    maximum.
+    """
+    inner = np.quantile(s[fg][:: max(1, int(fg.sum()) // 2_000_000)], np.linspace(0.0, 1.0, k - 3))
     lo, hi = float(min(s.min(), inner[0] - 0.05)), float(max(s.max(), inner[-1] + 0.05))
-    knots = np.concatenate([[lo], inner, [hi]]).astype(np.float64)
+    bg = ~ndimage.binary_dilation(fg, iterations=2)
+    noise_top = float(np.percentile(s[bg], 99.0)) if bg.sum() > 100 else lo
+    if lo < noise_top < inner[0] - 0.02:
+        knots, n_bg = np.concatenate([[lo, noise_top], inner, [hi]]), 2
+    else:
+        knots, n_bg = np.concatenate([[lo], np.quantile(inner, np.linspace(0, 1, k - 2)), [hi]]), 1
+    knots = knots.astype(np.float64)
     for i in range(1, knots.size):  # strictly increasing (a flat histogram stretch gives ties)
         knots[i] = max(knots[i], knots[i - 1] + 1e-4)
-    return knots
+    return knots, n_bg
 
 
 def _initial_curve(s: np.ndarray, fg: np.ndarray, refs: list[np.ndarray], ref_masks: list[np.ndarray],
-                   ref_bg: float, knots: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+                   ref_bg: float, knots: np.ndarray, n_bg: int, rng: np.random.Generator) -> np.ndarray:
     """The references' conditional median given the scan's intensity, sharpened by quantile matching.
 
     Over the voxels where the scan and an aligned reference both show tissue, the median of the
     reference in each bin of the scan's intensity (bins centred on the knots) gives a curve that
     finds the tissue order, reversed or not; misalignment pulls it towards the middle, so the
     curve is then composed with the monotone map that gives the mapped scan the references'
-    pooled histogram. The background knot maps to the references' background.
+    pooled histogram. The background knots map to the references' background.
     """
     xs, ys = [], []
     for r, m in zip(refs, ref_masks):
@@ -161,7 +172,7 @@ def _initial_curve(s: np.ndarray, fg: np.ndarray, refs: list[np.ndarray], ref_ma
     edges = np.concatenate([[-np.inf], (knots[1:] + knots[:-1]) / 2, [np.inf]])
     which = np.searchsorted(edges, x) - 1
     med = np.full(knots.size, np.nan)
-    for k in range(1, knots.size):
+    for k in range(n_bg, knots.size):
         v = y[which == k]
         if v.size >= 30:
             med[k] = np.median(v)
@@ -171,13 +182,13 @@ def _initial_curve(s: np.ndarray, fg: np.ndarray, refs: list[np.ndarray], ref_ma
     med = np.interp(np.arange(knots.size), np.flatnonzero(good), med[good])
     # sharpen: quantile-match the mapped foreground onto the references' pooled foreground
     sample = s[fg][:: max(1, int(fg.sum()) // 1_000_000)]
-    mapped = np.interp(sample, knots[1:], med[1:])
+    mapped = np.interp(sample, knots[n_bg:], med[n_bg:])
     pooled = np.concatenate([r[m][:: max(1, int(m.sum()) // 300_000)] for r, m in zip(refs, ref_masks)])
     q = np.linspace(0.0, 1.0, 257)
     src_q, ref_q = np.quantile(mapped, q), np.quantile(pooled, q)
     src_q = np.maximum.accumulate(src_q + np.arange(q.size) * 1e-9)
     curve = np.interp(med, src_q, ref_q)
-    curve[0] = ref_bg
+    curve[:n_bg] = ref_bg
     return limit_slopes(curve, knots)
 
 
@@ -324,9 +335,10 @@ class ConstrainedHarmonization(ModelFamily):
     intended_use = RESEARCH_USE
     description = (
         "Learns, unpaired, to make the scan look as if acquired at the site of the reference scans (other "
-        "subjects), including another weighting (e.g. T1 to T2). The generator is a bilateral grid: a "
-        "curve of each voxel's own intensity whose shape varies smoothly in space, so it can change "
-        "contrast, bias and the scanner's response but cannot draw or erase structure. A MONAI patch "
+        "subjects), including another weighting (e.g. T1 to T2). The generator is one curve of each voxel's "
+        "own intensity between two smooth gain fields (the two sites' bias), so it can change contrast, bias "
+        "and the scanner's response but cannot draw or erase structure, and a lesion maps like any tissue of "
+        "its intensity. A MONAI patch "
         "discriminator judges output patches against the references'; an L1 anchor to the references "
         "(registered with SimpleITK) and a local-correlation structure term keep it on course. Beside the "
         "output, a hallucination map shows where the result is uncertain (spread of an ensemble) in percent "
@@ -423,8 +435,8 @@ class ConstrainedHarmonization(ModelFamily):
             refs, ref_masks, ref_info, t_lo, t_hi, ref_bg = self._prepare_references(
                 image, data, fg, inputs.references, ctx, warnings, mask_given=inputs.mask is not None)
             info["references"] = ref_info
-            knots = _knots(s, fg, preset.knots)
-            curve = _initial_curve(s, fg, refs, ref_masks, ref_bg, knots, ctx.rng)
+            knots, n_bg = _knots(s, fg, preset.knots)
+            curve = _initial_curve(s, fg, refs, ref_masks, ref_bg, knots, n_bg, ctx.rng)
             info["initial_curve"] = {"knots": [round(float(v), 4) for v in knots],
                                      "values": [round(float(v), 4) for v in curve]}
             offsets = (s_lo / (s_hi - s_lo), t_lo / (t_hi - t_lo))
