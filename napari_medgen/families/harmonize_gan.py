@@ -448,7 +448,11 @@ class ConstrainedHarmonization(ModelFamily):
         ctx.progress(88, 100, "applying the mapping")
         out, spread = self._apply(grid, knots, s, image, world, ctx)
         halluc = 100.0 * spread
-        if params["generator"] == "unconstrained" and not params["model_file"]:
+        free_used = params["generator"] == "unconstrained" and not params["model_file"]
+        if params["generator"] == "unconstrained" and params["model_file"]:
+            warnings.append("a saved site model holds the constrained mapping only: the unconstrained correction "
+                            "was not applied")
+        if free_used:
             ctx.progress(93, 100, "free correction")
             free = self._free_correction(refs, ref_masks, s, fg, out, axis, params, ctx)
             halluc = np.sqrt(halluc**2 + (100.0 * ndimage.gaussian_filter(np.abs(free), 1.0)) ** 2)
@@ -473,7 +477,8 @@ class ConstrainedHarmonization(ModelFamily):
         if warnings:
             info["warning"] = "; ".join(warnings)
         base = image.name or "image"
-        method = "adversarial" if params["generator"] == "constrained" else "adversarial, unconstrained"
+        method = "adversarial, unconstrained" if free_used else "adversarial"
+        info["generator"] = "unconstrained" if free_used else "constrained"
         outputs = [
             Output("image", image.with_data(result, name=f"{base} (harmonized: {method})"), kind="image",
                    description=f"{self.display_name} of {base}"),
