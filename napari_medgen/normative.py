@@ -472,7 +472,7 @@ class NormativeFamily(ModelFamily):
     def _prepare_references(self, image: Volume, data: np.ndarray, fg: np.ndarray, refs: list[Volume],
                             ctx: RunContext, warnings: list[str]):
         """Register each reference to the scan, check its contrast; returns arrays on the scan's grid."""
-        from .registration import contrast_agreement, register
+        from .registration import align_reference, contrast_agreement
 
         work, masks, info = [], [], []
         for i, ref in enumerate(refs):
@@ -482,14 +482,7 @@ class NormativeFamily(ModelFamily):
                 raise InputError(f"reference '{ref.name}' is not a 3D volume (shape {rdata.shape})")
             if not np.all(np.isfinite(rdata)):
                 raise InputError(f"reference '{ref.name}' holds NaN or infinite values")
-            reg = register(image, ref, fg, kind="affine", check_cancelled=ctx.check_cancelled, seed=ctx.seed)
-            overlap = fg & reg.inside
-            if overlap.sum() < 0.5 * fg.sum():
-                raise InputError(
-                    f"reference '{ref.name}' covers only {100 * overlap.sum() / fg.sum():.0f}% of the scan's "
-                    "foreground after alignment: it shows another body part or field of view"
-                )
-            r_fg = foreground_mask(reg.data, image.spacing, check=ctx.check_cancelled) & reg.inside
+            reg, overlap, r_fg = align_reference(image, ref, fg, ref.name, ctx.check_cancelled, ctx.seed)
             agree = contrast_agreement(data, reg.data, overlap & r_fg, seed=ctx.seed)
             if not agree >= MIN_CONTRAST_AGREEMENT:
                 raise InputError(

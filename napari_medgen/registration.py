@@ -23,7 +23,7 @@ from scipy import ndimage
 from .errors import Cancelled, InputError
 from .volume import Volume
 
-__all__ = ["Registration", "register", "to_sitk", "contrast_agreement"]
+__all__ = ["Registration", "register", "align_reference", "to_sitk", "contrast_agreement"]
 
 _REVERSE = np.eye(3)[::-1]
 AFFINE_STEP = 1.0
@@ -154,6 +154,27 @@ def register(
         transform=[float(v) for v in final.GetParameters()],
         info={"kind": kind, "stop": stop},
     )
+
+
+def align_reference(image: Volume, ref: Volume, fg: np.ndarray, name: str, check_cancelled=None,
+                    seed: int = 0) -> tuple[Registration, np.ndarray, np.ndarray]:
+    """A reference scan (another subject) aligned onto ``image``: (registration, overlap, its foreground there).
+
+    Affine registration with ``fg`` as the metric mask; a reference that covers less than half
+    of the scan's foreground after alignment (another body part or field of view) is refused.
+    The reference's own automatic foreground is taken on the aligned data, inside its coverage.
+    """
+    from .masks import foreground_mask
+
+    reg = register(image, ref, fg, kind="affine", check_cancelled=check_cancelled, seed=seed)
+    overlap = fg & reg.inside
+    if overlap.sum() < 0.5 * fg.sum():
+        raise InputError(
+            f"reference '{name}' covers only {100 * overlap.sum() / fg.sum():.0f}% of the scan's foreground after "
+            "alignment: it shows another body part or field of view"
+        )
+    r_fg = foreground_mask(reg.data, image.spacing, check=check_cancelled) & reg.inside
+    return reg, overlap, r_fg
 
 
 def _mask_image(fixed: Volume, fixed_mask: np.ndarray | None):

@@ -494,7 +494,7 @@ class ConstrainedHarmonization(ModelFamily):
                             ctx: RunContext, warnings: list[str], mask_given: bool = False):
         """Check, register and normalise the references; arrays on the scan's grid in 0..1 working units."""
         from ..normative import _hash
-        from ..registration import contrast_agreement, register
+        from ..registration import align_reference, contrast_agreement
 
         scan_hash = _hash(image)
         scan_support = fg if mask_given else _support(data)  # a given mask says what the scan covers
@@ -516,14 +516,7 @@ class ConstrainedHarmonization(ModelFamily):
                     f"reference '{name}' is the scan itself: the references must be scans of other subjects "
                     "from the target site"
                 )
-            reg = register(image, ref, fg, kind="affine", check_cancelled=ctx.check_cancelled, seed=ctx.seed)
-            overlap = fg & reg.inside
-            if overlap.sum() < 0.5 * fg.sum():
-                raise InputError(
-                    f"reference '{name}' covers only {100 * overlap.sum() / fg.sum():.0f}% of the scan's foreground "
-                    "after alignment: it shows another body part or field of view"
-                )
-            r_fg = foreground_mask(reg.data, image.spacing, check=ctx.check_cancelled) & reg.inside
+            reg, overlap, r_fg = align_reference(image, ref, fg, name, ctx.check_cancelled, ctx.seed)
             # tissue volume in mm3, each image on its own grid (a crop is the coverage check's business above)
             ratio = float(_support(rdata).sum()) * float(np.prod(ref.spacing)) / scan_volume
             if ratio > MAX_FOV_RATIO or ratio < 1.0 / MAX_FOV_RATIO:
