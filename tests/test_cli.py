@@ -69,7 +69,8 @@ def test_run_lesion_with_points_csv_writes_mask(capsys, scans, tmp_path):
     csv_path.write_text("i,j,k\n" + ",".join(map(str, centre_ijk)) + "\n")
     out = tmp_path / "les.nii.gz"
     code, _, err = run_cli(capsys, "run", "lesion", scans["fine"], "-o", out, "--points", csv_path,
-                           "--param", "diameter_mm=6", "--param", "placement=points", "--seed", "4", "--quiet")
+                           "--param", "diameter_mm=6", "--param", "placement=points", "--seed", "4", "--quiet",
+                           "--family", "classic.procedural")
     assert code == 0, err
     mask = nib.load(tmp_path / "les_mask.nii.gz")
     m = np.asarray(mask.dataobj)
@@ -84,7 +85,7 @@ def test_run_lesion_with_points_csv_writes_mask(capsys, scans, tmp_path):
     out2 = tmp_path / "les2.nii.gz"
     code, _, err = run_cli(capsys, "run", "lesion", scans["fine"], "-o", out2, "--points", csv2,
                            "--param", "diameter_mm=6", "--param", "placement=points", "--seed", "4", "--quiet",
-                           "--mask-output", tmp_path / "custom_mask.nii.gz")
+                           "--family", "classic.procedural", "--mask-output", tmp_path / "custom_mask.nii.gz")
     assert code == 0, err
     np.testing.assert_array_equal(np.asarray(nib.load(tmp_path / "custom_mask.nii.gz").dataobj), m)
     assert vol.shape == tuple(reversed(m.shape))

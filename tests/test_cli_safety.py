@@ -196,7 +196,8 @@ def test_3_a_plugin_that_registers_a_builtin_id_loses_it_and_is_reported(capsys,
 def test_4_when_the_mask_write_fails_no_lesion_image_is_left(capsys, scans, tmp_path, monkeypatch):
     _failing_writer_for(monkeypatch, lambda p: p.name.startswith("les_mask"))
     files = listing(tmp_path)
-    code, _, err = run_cli(capsys, "run", "lesion", scans["fine"], "-o", tmp_path / "les.nii.gz", "--quiet")
+    code, _, err = run_cli(capsys, "run", "lesion", scans["fine"], "-o", tmp_path / "les.nii.gz", "--quiet",
+                           "--family", "classic.procedural")
     assert code == 1
     assert "mask" in one_error_line(err)
     assert listing(tmp_path) == files  # neither the image, nor the mask, nor the sidecar
@@ -251,7 +252,7 @@ def test_6_out_of_range_parameter_names_its_range(capsys, scans, tmp_path):
     assert code == 2
     assert "parameter 'threshold' must be between 0.5 and 100, got 0.1" in one_error_line(err)
     code, _, err = run_cli(capsys, "run", "lesion", scans["fine"], "-o", tmp_path / "l.nii.gz", "--param", "n_lesions=0")
-    assert code == 2 and "must be between 1 and 100, got 0" in one_error_line(err)
+    assert code == 2 and "must be between 1 and 200, got 0" in one_error_line(err)
     code, _, err = run_cli(capsys, "run", "anomaly", scans["fine"], "-o", tmp_path / "a.nii.gz",
                            "--param", "threshold=lots")
     assert code == 2 and "expects a number, got 'lots'" in one_error_line(err)

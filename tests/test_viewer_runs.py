@@ -37,6 +37,8 @@ def _prepare(viewer, dock_name, phantom, thick_phantom):
             _add(viewer, other.with_data(other.data * 3.0 + 1.0), "reference")
             w.ref_select.value = ["reference"]
             w.set_params(max_steps=20)
+        if dock_name == "Insert lesions":  # the learned default with a few training steps
+            w.set_params(n_lesions=2, max_steps=3, diameter_min_mm=3.0, diameter_max_mm=5.0)
     return w, layer, expected
 
 

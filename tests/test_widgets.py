@@ -109,6 +109,7 @@ def test_lesion_dock_from_points_matches_cli_result(viewer, phantom, tmp_path):
     w = open_dock(viewer, "Insert lesions")
     w.image_combo.value = "scan"
     w.points_combo.value = "clicks"
+    w.select_family("classic.procedural")
     w.set_params(placement="points", diameter_mm=6.0)
     w.seed_box.value = 5
     w.run()

@@ -16,6 +16,7 @@ def medgen_register_families(register: Callable[[object], None]) -> None:
     """Register the built-in families."""
     from .ddpm_anomaly import NormativeDiffusion
     from .harmonize_gan import ConstrainedHarmonization
+    from .lesion_diffusion import DiffusionLesion
     from .superres import SelfSupervisedSR
     from .vae_anomaly import NormativeVAE
 
@@ -23,3 +24,4 @@ def medgen_register_families(register: Callable[[object], None]) -> None:
     register(NormativeDiffusion())
     register(NormativeVAE())
     register(ConstrainedHarmonization())
+    register(DiffusionLesion())

@@ -1,0 +1,234 @@
+"""What a scan says about its own acquisition: noise level and grain, effective resolution per
+axis, tissue intensities, CT or MR.
+
+Used wherever something is drawn into a scan and must look acquired with it (lesion
+insertion), and by the classical families. Everything here is measured on the scan alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+__all__ = [
+    "noise_sigma",
+    "effective_fwhm",
+    "TissueLevels",
+    "tissue_levels",
+    "looks_like_ct",
+    "FWHM_PER_SPACING",
+]
+
+_MAD_TO_SIGMA = 1.4826
+#: the resolution assumed along the sharpest axis, in voxels (an acquisition sampled at its
+#: own resolution); the other axes are measured relative to it
+FWHM_PER_SPACING = 1.0
+_GAUSS_FWHM = 2.0 * np.sqrt(2.0 * np.log(2.0))
+
+
+def _laplacian_kernel(axes: Sequence[int] = (0, 1, 2)) -> np.ndarray:
+    kernel = np.zeros((3, 3, 3), dtype=np.float32)
+    kernel[1, 1, 1] = 1.0
+    for axis in axes:
+        for side in (0, 2):
+            idx = [1, 1, 1]
+            idx[axis] = side
+            kernel[tuple(idx)] = -1.0 / (2 * len(axes))
+    return kernel
+
+
+def _fine_axes(spacing: Sequence[float] | None) -> tuple[int, ...]:
+    """The axes of about the finest voxel size (a thick slice's neighbours differ by anatomy too)."""
+    if spacing is None:
+        return (0, 1, 2)
+    sp = np.asarray(spacing, dtype=float)
+    return tuple(a for a in range(3) if sp[a] < 1.5 * sp.min())
+
+
+def _flat_region(arr: np.ndarray, fg: np.ndarray | None) -> np.ndarray:
+    region = fg if fg is not None and fg.any() else np.ones(arr.shape, dtype=bool)
+    grad = ndimage.gaussian_gradient_magnitude(arr, sigma=1.5, mode="nearest")
+    flat = region & (grad <= np.median(grad[region]))
+    return flat if flat.sum() >= 100 else region
+
+
+def noise_sigma(
+    data: np.ndarray,
+    fg: np.ndarray | None,
+    check: Callable[[], None] | None = None,
+    spacing: Sequence[float] | None = None,
+) -> float:
+    """Noise standard deviation from the MAD of a high-pass residual inside ``fg``.
+
+    The residual is the 6-neighbour Laplacian (voxel minus the mean of its face
+    neighbours), divided by the filter's own noise gain so white noise of standard
+    deviation s gives back about s. Only the flatter half of the foreground (lowest
+    smoothed gradient magnitude) is used, so anatomical edges barely inflate the estimate.
+    With ``spacing``, only the axes of about the finest voxel size are used (a thick-slice
+    scan's neighbouring slices differ by anatomy, not only by noise).
+    """
+    arr = np.asarray(data, dtype=np.float32)
+    kernel = _laplacian_kernel(_fine_axes(spacing))
+    resid = ndimage.convolve(arr, kernel, mode="nearest")
+    if check is not None:
+        check()
+    values = resid[_flat_region(arr, fg)]
+    values = values[:: max(1, values.size // 4_000_000)].astype(np.float64)
+    if values.size == 0:
+        return 0.0
+    mad = float(np.median(np.abs(values - np.median(values))))
+    gain = float(np.sqrt(np.sum(kernel.astype(np.float64) ** 2)))
+    return _MAD_TO_SIGMA * mad / gain
+
+
+def _lag_energy(arr: np.ndarray, region: np.ndarray, axis: int, lag: int) -> float:
+    n = arr.shape[axis]
+    if lag >= n:
+        return 0.0
+    a = [slice(None)] * 3
+    b = [slice(None)] * 3
+    a[axis], b[axis] = slice(lag, None), slice(0, n - lag)
+    diff = arr[tuple(a)] - arr[tuple(b)]
+    keep = region[tuple(a)] & region[tuple(b)]
+    values = diff[keep]
+    return float(np.mean(values.astype(np.float64) ** 2)) if values.size else 0.0
+
+
+def effective_fwhm(
+    data: np.ndarray,
+    spacing: Sequence[float],
+    fg: np.ndarray | None,
+    sigma: float | None = None,
+    check: Callable[[], None] | None = None,
+) -> list[float]:
+    """Effective resolution (FWHM of an equivalent Gaussian point-spread function, mm) per axis.
+
+    Anatomy has about the same detail in every direction, so an axis that shows less
+    intensity change over the same distance is blurred more (a thick slice, a smoothing
+    reconstruction). For each axis the mean squared difference over one common distance
+    (the largest voxel size) is measured inside the foreground, less the noise's share
+    (2 s^2). The sharpest axis is taken as resolved at its own voxel size
+    (:data:`FWHM_PER_SPACING`); another axis's extra blur is the Gaussian that, applied
+    along the sharpest axis, brings its difference energy down to that axis's. A relative
+    measurement (in the spirit of slice-profile estimation from the in-plane data, e.g.
+    ESPRESO), cheaper and with one stated assumption.
+    """
+    check = check or (lambda: None)
+    arr = np.asarray(data, dtype=np.float32)
+    sp = np.asarray(spacing, dtype=float)
+    sigma = noise_sigma(arr, fg, spacing=sp) if sigma is None else float(sigma)
+    region = fg if fg is not None and fg.any() else np.ones(arr.shape, dtype=bool)
+    # keep it fast: a central block of at most ~2M voxels of the foreground's bounding box
+    idx = np.argwhere(region)
+    lo, hi = idx.min(axis=0), idx.max(axis=0) + 1
+    size = hi - lo
+    shrink = max(1.0, (np.prod(size) / 2.0e6) ** (1.0 / 3.0))
+    half = np.maximum((size / shrink / 2).astype(int), 4)
+    mid = (lo + hi) // 2
+    box = tuple(slice(max(0, m - h), min(n, m + h)) for m, h, n in zip(mid, half, arr.shape))
+    arr, region = arr[box], region[box]
+    dist = float(sp.max())
+    lags = [max(1, int(round(dist / s))) for s in sp]
+    noise_e = 2.0 * sigma**2
+    energy = [max(_lag_energy(arr, region, a, lags[a]) - noise_e, 1e-12) for a in range(3)]
+    check()
+    # the sharpest axis: most change over the common distance (among axes long enough to measure)
+    usable = [a for a in range(3) if arr.shape[a] > lags[a] + 1]
+    if not usable:
+        return [float(FWHM_PER_SPACING * s) for s in sp]
+    ref = max(usable, key=lambda a: energy[a])
+    base = FWHM_PER_SPACING * sp[ref]
+    out = []
+    for axis in range(3):
+        # axes of about the sharpest one's voxel size are taken as resolved like it: anatomy is not
+        # isotropic enough (nor is a template) to measure a fraction of a voxel
+        if axis == ref or axis not in usable or sp[axis] < 1.5 * sp[ref] or energy[axis] >= energy[ref]:
+            out.append(float(FWHM_PER_SPACING * sp[axis]))
+            continue
+        lo_s, hi_s = 0.0, 4.0 * dist
+        for _ in range(18):  # bisection on the extra blur (mm)
+            mid_s = 0.5 * (lo_s + hi_s)
+            blurred = ndimage.gaussian_filter1d(arr, mid_s / sp[ref], axis=ref, mode="nearest")
+            e = _lag_energy(blurred, region, ref, lags[ref]) - noise_e
+            if e > energy[axis]:
+                lo_s = mid_s
+            else:
+                hi_s = mid_s
+        check()
+        extra = 0.5 * (lo_s + hi_s)
+        # at least the voxel's own integration (a box of its size) on top of the sharpest axis' blur
+        floor = _GAUSS_FWHM * np.sqrt(sp[axis] ** 2 / 12.0 + (base / _GAUSS_FWHM) ** 2 - sp[ref] ** 2 / 12.0)
+        out.append(float(max(np.hypot(base, _GAUSS_FWHM * extra), floor)))
+    return out
+
+
+@dataclass
+class TissueLevels:
+    """Typical intensities of the tissues of an MR brain scan (three classes) and the weighting.
+
+    ``weighting``: "T1-like" (white matter brighter than grey) or "T2-like" (grey brighter
+    than white; T2 and FLAIR). ``labels``: 0 outside, 1 CSF, 2 GM, 3 WM.
+    """
+
+    csf: float
+    gm: float
+    wm: float
+    weighting: str
+    labels: np.ndarray
+
+    def record(self) -> dict:
+        d = asdict(self)
+        d.pop("labels")
+        return d
+
+
+def tissue_levels(data: np.ndarray, fg: np.ndarray, spacing: Sequence[float]) -> TissueLevels:
+    """Three intensity classes of the foreground (k-means on intensity), named by size and depth.
+
+    The two largest classes are grey and white matter; of those, white matter lies deeper
+    (larger mean distance to the foreground's border); the third is CSF. No assumption on
+    which is brighter, so it holds for T1, T2 and FLAIR.
+    """
+    arr = np.asarray(data, dtype=np.float32)
+    values = arr[fg]
+    sample = values[:: max(1, values.size // 400_000)].astype(np.float64)
+    lo, hi = np.percentile(sample, [1.0, 99.0])
+    sample = sample[(sample >= lo) & (sample <= hi)]
+    centres = np.percentile(sample, [15.0, 50.0, 85.0])
+    for _ in range(50):  # 1D k-means
+        assign = np.argmin(np.abs(sample[:, None] - centres[None, :]), axis=1)
+        new = np.array([sample[assign == k].mean() if np.any(assign == k) else centres[k] for k in range(3)])
+        if np.allclose(new, centres, rtol=0, atol=1e-6 * max(1.0, abs(hi))):
+            break
+        centres = new
+    cuts = (centres[:-1] + centres[1:]) / 2.0
+    cls = np.zeros(arr.shape, dtype=np.uint8)
+    cls[fg] = (np.searchsorted(cuts, arr[fg]) + 1).astype(np.uint8)  # 1..3 by brightness
+    sizes = np.bincount(cls.ravel(), minlength=4)[1:]
+    depth = ndimage.distance_transform_edt(fg, sampling=spacing)
+    mean_depth = np.array([depth[cls == k + 1].mean() if sizes[k] else 0.0 for k in range(3)])
+    big = sorted(np.argsort(sizes)[-2:])
+    wm = max(big, key=lambda k: mean_depth[k])
+    gm = min(big, key=lambda k: mean_depth[k])
+    csf = ({0, 1, 2} - {wm, gm}).pop()
+    labels = np.zeros(arr.shape, dtype=np.uint8)
+    for k, name in ((csf, 1), (gm, 2), (wm, 3)):
+        labels[cls == k + 1] = name
+    return TissueLevels(
+        csf=float(centres[csf]), gm=float(centres[gm]), wm=float(centres[wm]),
+        weighting="T1-like" if centres[wm] > centres[gm] else "T2-like", labels=labels,
+    )
+
+
+def looks_like_ct(data: np.ndarray) -> bool:
+    """Hounsfield units: air near -1000 and soft tissue near 0 (an MR magnitude is never negative)."""
+    arr = np.asarray(data)
+    sample = arr.ravel()[:: max(1, arr.size // 2_000_000)].astype(np.float64)
+    sample = sample[np.isfinite(sample)]
+    if sample.size == 0:
+        return False
+    p1, p99 = np.percentile(sample, [1.0, 99.0])
+    return bool(-1200.0 <= p1 <= -500.0 and p99 >= -100.0)
