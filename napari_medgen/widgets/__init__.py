@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from ..family import Task
 from .anomaly_regions import AnomalyRegions
 from .families_panel import FamiliesPanel
+from .lesion_table import LesionTable
 from .superres_compare import SuperresCompare
 from .superres_plan import PLAN_PARAMS, superres_plan
 from .task_widget import TaskWidget
@@ -65,6 +66,7 @@ class lesion_widget(TaskWidget):  # noqa: N801
     def __init__(self, napari_viewer: "napari.viewer.Viewer") -> None:
         super().__init__(napari_viewer, Task.LESION)
         self.add_done_note(lambda r: f"{len(r.info['lesions'])} lesion(s)" if "lesions" in r.info else "")
+        self.lesion_part = LesionTable(self)
 
 
 class families_widget(FamiliesPanel):  # noqa: N801
