@@ -188,6 +188,8 @@ class TissueLevels:
 def tissue_levels(data: np.ndarray, fg: np.ndarray, spacing: Sequence[float]) -> TissueLevels:
     """Three intensity classes of the foreground (k-means on intensity), named by size and depth.
 
+    Each class's level is the median of its voxels inside the class (not on its border).
+
     The two largest classes are grey and white matter; of those, white matter lies deeper
     (larger mean distance to the foreground's border); the third is CSF. No assumption on
     which is brighter, so it holds for T1, T2 and FLAIR.
@@ -217,6 +219,14 @@ def tissue_levels(data: np.ndarray, fg: np.ndarray, spacing: Sequence[float]) ->
     labels = np.zeros(arr.shape, dtype=np.uint8)
     for k, name in ((csf, 1), (gm, 2), (wm, 3)):
         labels[cls == k + 1] = name
+    # each tissue's own level: the median of its voxels whose face neighbours are of the same
+    # class (k-means centres are pulled towards each other by the partial-volume voxels between)
+    pure = []
+    for k in range(3):
+        inner = ndimage.binary_erosion(cls == k + 1)
+        vals = arr[inner] if inner.sum() >= 100 else arr[cls == k + 1]
+        pure.append(float(np.median(vals)) if vals.size else float(centres[k]))
+    centres = np.asarray(pure)
     return TissueLevels(
         csf=float(centres[csf]), gm=float(centres[gm]), wm=float(centres[wm]),
         weighting="T1-like" if centres[wm] > centres[gm] else "T2-like", labels=labels,
