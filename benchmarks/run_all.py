@@ -12,7 +12,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from . import anomaly, harmonize, superres, writer
+from . import anomaly, harmonize, lesion, superres, writer
 from .common import write_section
 
 
@@ -37,6 +37,7 @@ def main() -> int:
     # harmonization: the learned family (fast preset) against identity, histogram matching, Nyul and
     # intensity-normalization's methods, to another T1 scanner and to a T2-weighted site at 1 mm
     harmonize.main(["--write"])
+    lesion.main(["--methods", "classic.procedural", "medgen.lesion_diffusion", "--write"])
     return 0
 
 
