@@ -41,8 +41,8 @@ out-of-fold scores is kept in the JSON as ``pooled_auroc``):
   and through-plane; the interior texture: std / mean, mean local (3x3x3) variance and the std of
   a one-voxel Gaussian smoothing (the texture beyond the voxel noise).
 * a small CNN (4 conv layers with batch norm, 16-32 channels, global average pool; trained per
-  fold, 300 Adam steps of 16 patches, flips as augmentation) on three orthogonal 24 x 24 voxel patches through the lesion
-  centre, divided by the shell median minus 1.
+  fold, 300 Adam steps of 16 patches, flips as augmentation) on three orthogonal 24 x 24 voxel
+  patches through the lesion centre, divided by the shell median minus 1.
 
 Also per case: voxels changed outside the returned mask dilated by the family's stated margin
 (``info["margin_voxels"]``, 3 if absent; Euclidean distance in voxels; output != input), requested
@@ -184,7 +184,7 @@ def c2st_features(
 
 
 def _net(channels: int):
-    import torch.nn as nn
+    from torch import nn
 
     def block(cin, cout):
         return [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU()]
@@ -261,7 +261,8 @@ def c2st_cnn(
 def _bbox(mask: np.ndarray, pad) -> tuple[slice, ...]:
     idx = [np.nonzero(mask.any(axis=tuple(a for a in range(3) if a != ax)))[0] for ax in range(3)]
     return tuple(
-        slice(max(0, int(i[0]) - int(p)), min(n, int(i[-1]) + 1 + int(p))) for i, p, n in zip(idx, pad, mask.shape)
+        slice(max(0, int(i[0]) - int(p)), min(n, int(i[-1]) + 1 + int(p)))
+        for i, p, n in zip(idx, pad, mask.shape)
     )
 
 
@@ -334,17 +335,21 @@ def lesion_features(
     corr_axes = [_neighbour_corr(resid, m, a) for a in range(3)]
     grads = np.gradient(x)  # per voxel (the grid's own sampling)
     border = ndimage.binary_dilation(m) & ~ndimage.binary_erosion(m)
-    scale = abs(contrast) if abs(contrast) > 1e-6 else 1e-6
+    scale = max(1e-6, abs(contrast))
     edge = [float(np.abs(g[border]).mean()) / scale for g in grads]
     vals = x[core]
     mean = float(vals.mean())
-    local_var = ndimage.uniform_filter(x * x, 3, mode="nearest") - ndimage.uniform_filter(x, 3, mode="nearest") ** 2
+    local_var = (
+        ndimage.uniform_filter(x * x, 3, mode="nearest") - ndimage.uniform_filter(x, 3, mode="nearest") ** 2
+    )
     smooth = ndimage.gaussian_filter(x, 1.0)
     feats = {
         "contrast": contrast,
         "noise_in": noise_in,
         "noise_ratio": noise_in / noise_shell if noise_shell and np.isfinite(noise_shell) else float("nan"),
-        "corr_inplane": float(np.nanmean(corr_axes[1:])) if np.isfinite(corr_axes[1:]).any() else float("nan"),
+        "corr_inplane": float(np.nanmean(corr_axes[1:]))
+        if np.isfinite(corr_axes[1:]).any()
+        else float("nan"),
         "corr_through": corr_axes[0],
         "edge_inplane": float(np.mean(edge[1:])),
         "edge_through": edge[0],
@@ -465,8 +470,14 @@ def _procedural(entry, case: LCase, overrides, preset, seed_base: int, time_budg
         }
         params = _params(entry.family, wanted, overrides, preset, notes if k == 1 else [])
         pts = np.asarray([les["centre_index"]], dtype=float)
-        result = run_family(entry.family, Inputs(image=current, points=pts), params, seed=seed_base + k,
-                            time_budget=time_budget, overwrite=True)
+        result = run_family(
+            entry.family,
+            Inputs(image=current, points=pts),
+            params,
+            seed=seed_base + k,
+            time_budget=time_budget,
+            overwrite=True,
+        )
         out = np.asarray(_output(result, "image", "image").volume.data, dtype=np.float32)
         lab = np.asarray(_output(result, "mask", "labels").volume.data)
         if margin is None:
@@ -485,8 +496,14 @@ def _one_call(entry, case: LCase, overrides, preset, seed: int, time_budget=None
     wanted = {"placement": "masks", "lesion_type": "ms", "contrast": case.c, "contrast_jitter": 0.0}
     params = _params(entry.family, wanted, overrides, preset, notes)
     mask_in = case.twin.with_data(case.labels.astype(np.uint16), name="real lesion labels")
-    result = run_family(entry.family, Inputs(image=case.twin, mask=mask_in), params, seed=seed,
-                            time_budget=time_budget, overwrite=True)
+    result = run_family(
+        entry.family,
+        Inputs(image=case.twin, mask=mask_in),
+        params,
+        seed=seed,
+        time_budget=time_budget,
+        overwrite=True,
+    )
     image = np.asarray(_output(result, "image", "image").volume.data, dtype=np.float32)
     lab = np.asarray(_output(result, "mask", "labels").volume.data)
     if image.shape != case.twin.shape or lab.shape != case.twin.shape:
@@ -511,13 +528,19 @@ def run_method(method: str, case: LCase, time_budget: float | None = None) -> Me
     labels = [int(d["label"]) for d in case.lesions]
     if method == "rescan":
         return MethodRun(
-            image=np.asarray(case.rescan.data, np.float32), mask=case.labels, present=[True] * len(labels),
+            image=np.asarray(case.rescan.data, np.float32),
+            mask=case.labels,
+            present=[True] * len(labels),
             notes=["control: the real lesions, another noise draw"],
         )
     if method == "none":
         return MethodRun(
-            image=np.asarray(case.twin.data, np.float32), mask=np.zeros_like(case.labels),
-            present=[False] * len(labels), outside=0, margin=0.0, notes=["control: nothing inserted"],
+            image=np.asarray(case.twin.data, np.float32),
+            mask=np.zeros_like(case.labels),
+            present=[False] * len(labels),
+            outside=0,
+            margin=0.0,
+            notes=["control: nothing inserted"],
         )
     family_id, _, rest = method.partition(":")
     preset, _, tail = rest.partition(":")  # family_id[:preset[:key=value;key=value]] (ablations)
@@ -589,7 +612,7 @@ def evaluate_setting(cases: Sequence[LCase], runs: Sequence[MethodRun], cnn: boo
         for j, n in enumerate(FEATURES)
     }
     res["feature_means_real_syn"] = means
-    res["lesions"] = int(len(cat["groups"]))
+    res["lesions"] = len(cat["groups"])
     res["own_mask"] = int(sum(p["own_mask"] for p in parts))
     res["outside_margin"] = [r.outside for r in runs]
     res["margin_voxels"] = [r.margin for r in runs]
@@ -609,9 +632,11 @@ def _fmt(v, spec=".2f", none="-"):
 
 
 HEADER = [
-    "| setting | method | lesions (real + synthetic) | AUROC features | AUROC CNN | most separating features "
-    "(own AUROC) | voxels changed outside mask + margin | lesions present / requested | per scan (s) | "
-    "peak RSS +MB | notes |",
+    (
+        "| setting | method | lesions (real + synthetic) | AUROC features | AUROC CNN | most separating features "
+        "(own AUROC) | voxels changed outside mask + margin | lesions present / requested | per scan (s) | "
+        "peak RSS +MB | notes |"
+    ),
     "|---|---|---|---|---|---|---|---|---|---|---|",
 ]
 
@@ -619,7 +644,9 @@ HEADER = [
 def table_row(setting: str, method: str, r: dict[str, Any]) -> str:
     if "error" in r:
         return f"| {setting} | {method} | | | | | | | | | {r['error']} |"
-    top = sorted(r["feature_auroc"].items(), key=lambda kv: -abs(kv[1] - 0.5) if np.isfinite(kv[1]) else 0)[:3]
+    top = sorted(r["feature_auroc"].items(), key=lambda kv: -abs(kv[1] - 0.5) if np.isfinite(kv[1]) else 0)[
+        :3
+    ]
     tops = ", ".join(f"{k} {_fmt(v)}" for k, v in top)
     outside = r["outside_margin"]
     out_text = "-" if any(o is None for o in outside) else " / ".join(str(o) for o in outside)
@@ -639,8 +666,15 @@ def _size(small: bool) -> str:
     return "2mm" if small else "1mm"
 
 
-def run(settings: Sequence[str], methods: Sequence[str], small: bool, cnn: bool = True,
-        time_budget: float | None = None, log=print, cache_dir=None):
+def run(
+    settings: Sequence[str],
+    methods: Sequence[str],
+    small: bool,
+    cnn: bool = True,
+    time_budget: float | None = None,
+    log=print,
+    cache_dir=None,
+):
     """Every method on every setting: table rows and the JSON entries (merged into lesion.json)."""
     from napari_medgen.engine.device import resolve_device
 
@@ -712,29 +746,36 @@ def _body(small: bool, rows: list[str]) -> str:
         "features = logistic regression on 10 hand features (contrast to a 2-5 mm shell, Laplacian-residual "
         "noise inside and its ratio to the shell's, neighbour correlation of the high-pass residual in-plane "
         "and through-plane, mean |gradient| at the mask border / contrast in-plane and through-plane, std / "
-        "mean, local 3x3x3 variance, std after a 1-voxel Gaussian); CNN = 4 conv layers (batch norm) on three orthogonal "
-        "24 x 24 voxel patches through the centre, divided by the shell median, trained per fold. The "
-        "synthetic image is rounded to integers for the test (the scans are integer-valued). Most separating "
-        "features: each feature's own AUROC (real = positive; < 0.5: larger in the synthetic). Voxels changed "
-        "outside the returned mask dilated by the family's `margin_voxels` (3 if it states none), per case. "
-        "Time and peak resident memory above the call's start per scan (classic.procedural: all its calls).\n\n"
-        + "\n".join(rows)
-        + "\n"
+        "mean, local 3x3x3 variance, std after a 1-voxel Gaussian); CNN = 4 conv layers (batch norm) on "
+        "three orthogonal 24 x 24 voxel patches through the centre, divided by the shell median, trained "
+        "per fold. The synthetic image is rounded to integers for the test (the scans are integer-valued). "
+        "Most separating features: each feature's own AUROC (real = positive; < 0.5: larger in the "
+        "synthetic). Voxels changed outside the returned mask dilated by the family's `margin_voxels` (3 if "
+        "it states none), per case. Time and peak resident memory above the call's start per scan "
+        "(classic.procedural: all its calls).\n\n" + "\n".join(rows) + "\n"
     )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument(
-        "--methods", nargs="+", default=list(DEFAULT_METHODS),
+        "--methods",
+        nargs="+",
+        default=list(DEFAULT_METHODS),
         help="space- or comma-separated: rescan, none, family_id[:preset[:key=value;key=value]]",
     )
     parser.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated: t1, t2, t1thick")
-    parser.add_argument("--small", action="store_true", help="2 mm cases with 12 lesions each, for quick runs")
+    parser.add_argument(
+        "--small", action="store_true", help="2 mm cases with 12 lesions each, for quick runs"
+    )
     parser.add_argument("--no-cnn", action="store_true", help="the feature classifier only")
     parser.add_argument("--time-budget", type=float, default=None, help="seconds per run_family call")
     parser.add_argument("--write", action="store_true", help="write the section to benchmarks/RESULTS.md")
-    parser.add_argument("--report", action="store_true", help="run nothing: render the rows stored in lesion.json")
+    parser.add_argument(
+        "--report", action="store_true", help="run nothing: render the rows stored in lesion.json"
+    )
     args = parser.parse_args(argv)
     argv_list = sys.argv[1:] if argv is None else list(argv)
     settings = [s.strip() for s in args.settings.split(",") if s.strip()]

@@ -186,7 +186,9 @@ def _render(par: dict[str, Any], centre_idx, spacing, shape, ss: int):
     sub = ((np.arange(ss) + 0.5) / ss - 0.5).astype(np.float32)  # sub-voxel offsets (voxels)
     # fine-grid coordinates (mm from the lesion centre) per axis, voxel-major then sub-voxel
     coords = [
-        (((np.arange(a, b, dtype=np.float32)[:, None] + sub[None, :]) - np.float32(c)) * np.float32(s)).ravel()
+        (
+            ((np.arange(a, b, dtype=np.float32)[:, None] + sub[None, :]) - np.float32(c)) * np.float32(s)
+        ).ravel()
         for a, b, c, s in zip(lo, hi, centre_idx, spacing)
     ]
     z, y, x = coords[0][:, None, None], coords[1][None, :, None], coords[2][None, None, :]
@@ -196,7 +198,10 @@ def _render(par: dict[str, Any], centre_idx, spacing, shape, ss: int):
     rho = np.sqrt(sum((local[k] / np.float32(axes[k])) ** 2 for k in range(3)))
     mod = np.zeros(rho.shape, dtype=np.float32)
     for f, p in zip(par["freqs"].astype(np.float32), par["phases"]):
-        mod += np.cos(np.float32(2 * np.pi) * (f[0] * local[0] + f[1] * local[1] + f[2] * local[2]) / norm + np.float32(p))
+        mod += np.cos(
+            np.float32(2 * np.pi) * (f[0] * local[0] + f[1] * local[1] + f[2] * local[2]) / norm
+            + np.float32(p)
+        )
     inside = (rho <= 1.0 + amp * weights * mod).astype(np.float32)
     occ = inside.reshape(box_shape[0], ss, box_shape[1], ss, box_shape[2], ss).mean(axis=(1, 3, 5))
     box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
@@ -245,7 +250,7 @@ def _place(image, gm, wm, brain, spacing, n, diameters, rng):
 # -- grids ----------------------------------------------------------------------------------------
 def _factor(setting: str, spacing) -> int:
     thick = SETTINGS[setting][1]
-    return 1 if thick is None else max(1, int(round(thick / float(spacing[0]))))
+    return 1 if thick is None else max(1, round(thick / float(spacing[0])))
 
 
 def _to_scan(a: np.ndarray, f: int) -> np.ndarray:
@@ -420,8 +425,12 @@ def make_case(setting: str, seed: int, small: bool = False, n_lesions: int | Non
     }
     size = " 2mm" if small else ""
     vols = {
-        key: Volume(arr.astype(np.float32, copy=False), scan_affine.copy(), name=f"lesion case {setting} {seed} {key}{size}",
-                    metadata={"lesion_case": meta})
+        key: Volume(
+            arr.astype(np.float32, copy=False),
+            scan_affine.copy(),
+            name=f"lesion case {setting} {seed} {key}{size}",
+            metadata={"lesion_case": meta},
+        )
         for key, arr in (("scan", scan), ("twin", twin), ("rescan", rescan))
     }
     return LCase(
@@ -473,8 +482,12 @@ def _read(path: Path) -> LCase | None:
             meta = json.loads(str(z["meta"]))
             affine = z["affine"]
             vols = {
-                k: Volume(z[k].astype(np.float32), affine.copy(), name=meta["names"][k],
-                          metadata={"lesion_case": meta["meta"]})
+                k: Volume(
+                    z[k].astype(np.float32),
+                    affine.copy(),
+                    name=meta["names"][k],
+                    metadata={"lesion_case": meta["meta"]},
+                )
                 for k in ("scan", "twin", "rescan")
             }
             return LCase(
@@ -507,7 +520,10 @@ def load_or_make(
     if cache_dir is None:
         return make_case(setting, seed, small, n_lesions)
     cache_dir = Path(cache_dir)
-    path = cache_dir / f"{setting}_{'2mm' if small else '1mm'}_seed{seed}_{_key(setting, seed, small, n_lesions)}.npz"
+    path = (
+        cache_dir
+        / f"{setting}_{'2mm' if small else '1mm'}_seed{seed}_{_key(setting, seed, small, n_lesions)}.npz"
+    )
     if path.is_file():
         case = _read(path)
         if case is not None:

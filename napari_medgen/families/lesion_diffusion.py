@@ -668,7 +668,6 @@ class DiffusionLesion(ModelFamily):
 
     # -- the diffusion texture model ---------------------------------------------------------------
     def _texture_model(self, image: Volume, data, fg, params, ctx: RunContext):
-        import torch
 
         preset = PRESETS[params["preset"]]
         lo, hi = (float(v) for v in np.percentile(data[fg], [1.0, 99.0]))
@@ -692,7 +691,6 @@ class DiffusionLesion(ModelFamily):
         if params["save_model"]:
             info["saved_to"] = self._save(params["save_model"], net, preset, params, info, ctx)
         net.scale = scale
-        torch.set_grad_enabled(True)
         return net, {"texture_model": info}
 
     def _train(self, data, fg, preset: Preset, params, scale, ctx: RunContext):
