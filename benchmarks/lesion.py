@@ -39,7 +39,10 @@ out-of-fold scores is kept in the JSON as ``pooled_auroc``):
   neighbours, in-plane and through-plane (axis 0); the edge: mean absolute gradient along each
   axis over the voxels within one voxel of the mask's border, divided by the contrast, in-plane
   and through-plane; the interior texture: std / mean, mean local (3x3x3) variance and the std of
-  a one-voxel Gaussian smoothing (the texture beyond the voxel noise).
+  a one-voxel Gaussian smoothing (the texture beyond the voxel noise). "Inside" and the interior
+  are the core: the mask eroded by one voxel (the mask itself where that leaves < 2 voxels).
+  The JSON also keeps each feature's own AUROC, its mean in each sample, and each group of
+  features' (:data:`FEATURE_GROUPS`) C2ST AUROC alone and without it (``group_auroc``).
 * a small CNN (4 conv layers with batch norm, 16-32 channels, global average pool; trained per
   fold, 300 Adam steps of 16 patches, flips as augmentation) on three orthogonal 24 x 24 voxel
   patches through the lesion centre, divided by the shell median minus 1.
@@ -76,6 +79,7 @@ from .lesion_data import SETTINGS, LCase, benchmark_set
 
 __all__ = [
     "FEATURES",
+    "FEATURE_GROUPS",
     "auroc",
     "c2st_cnn",
     "c2st_features",
@@ -107,6 +111,14 @@ FEATURES = (
     "local_var",
     "smooth_std",
 )
+#: feature groups, for the ablation kept in the JSON (AUROC with the group alone / without it)
+FEATURE_GROUPS = {
+    "contrast": ("contrast",),
+    "noise": ("noise_in", "noise_ratio"),
+    "noise_correlation": ("corr_inplane", "corr_through"),
+    "edge": ("edge_inplane", "edge_through"),
+    "texture": ("cv", "local_var", "smooth_std"),
+}
 TITLE = "Lesion realism: classifier two-sample test"
 _MAD_TO_SIGMA = 1.4826
 _LAPLACE_GAIN = float(np.sqrt(1.0 + 6.0 / 36.0))
@@ -332,7 +344,7 @@ def lesion_features(
     noise_in = _mad_sigma(lap[core])
     noise_shell = _mad_sigma(lap[shell])
     resid = x - ndimage.uniform_filter(x, 3, mode="nearest")
-    corr_axes = [_neighbour_corr(resid, m, a) for a in range(3)]
+    corr_axes = [_neighbour_corr(resid, core, a) for a in range(3)]
     grads = np.gradient(x)  # per voxel (the grid's own sampling)
     border = ndimage.binary_dilation(m) & ~ndimage.binary_erosion(m)
     scale = max(1e-6, abs(contrast))
@@ -605,6 +617,13 @@ def evaluate_setting(cases: Sequence[LCase], runs: Sequence[MethodRun], cnn: boo
     feat = c2st_features(cat["features_real"], cat["features_syn"], cat["groups"])
     per_feature = dict(zip(FEATURES, feat.pop("feature_auroc")))
     res: dict[str, Any] = {"features": feat, "feature_auroc": per_feature}
+    groups = {}
+    for name, members in FEATURE_GROUPS.items():
+        cols = np.asarray([n in members for n in FEATURES])
+        alone = c2st_features(cat["features_real"][:, cols], cat["features_syn"][:, cols], cat["groups"])
+        rest = c2st_features(cat["features_real"][:, ~cols], cat["features_syn"][:, ~cols], cat["groups"])
+        groups[name] = {"alone": alone["auroc"], "without": rest["auroc"]}
+    res["group_auroc"] = groups
     if cnn:
         res["cnn"] = c2st_cnn(cat["patches_real"], cat["patches_syn"], cat["groups"])
     means = {
@@ -623,6 +642,11 @@ def evaluate_setting(cases: Sequence[LCase], runs: Sequence[MethodRun], cnn: boo
     res["extra_rss_mb"] = float(max(r.extra_mb for r in runs))
     res["cases"] = [c.name for c in cases]
     res["notes"] = sorted({n for r in runs for n in r.notes})
+    if res["own_mask"] < res["lesions"]:
+        res["notes"].append(
+            f"{res['lesions'] - res['own_mask']} lesion(s) without a label in the family's mask: "
+            "their features use the real mask"
+        )
     res["info"] = [r.info for r in runs if r.info]
     return res
 

@@ -140,3 +140,23 @@ def test_end_to_end_controls_and_the_procedural_baseline(cases):
     assert np.array_equal(proc.image[far], np.asarray(case.twin.data)[far])
     row = lesion.table_row("t1", "classic.procedural", lesion.evaluate_setting([case], [proc], cnn=False))
     assert row.startswith("| t1 | classic.procedural | 12 + 12 |")
+
+
+def test_run_stores_json_and_report_writes_the_section(tmp_path, monkeypatch):
+    from benchmarks import common
+
+    monkeypatch.setattr(lesion, "JSON_PATH", tmp_path / "lesion.json")
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "RESULTS.md")
+    rows, entries = lesion.run(
+        ["t1"],
+        ["none", "no.such_family"],
+        small=True,
+        cnn=False,
+        log=lambda *a: None,
+        cache_dir=tmp_path / "cache",
+    )
+    assert list(entries) == ["t1/2mm/none"] and entries["t1/2mm/none"]["requested"] == 2 * N_LESIONS[True]
+    assert any("skipped: no family 'no.such_family'" in r for r in rows)
+    assert lesion.main(["--report", "--write", "--small", "--settings", "t1", "--methods", "none"]) == 0
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert f"## {lesion.TITLE} (2 mm, --small)" in text and "| t1 | none | 24 + 24 |" in text
