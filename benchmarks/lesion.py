@@ -19,8 +19,10 @@ places, sizes and contrasts as the real ones:
   parameters at their defaults. Its label 1 of each call becomes the lesion's label.
 * ``medgen.lesion_diffusion`` (or any lesion family, as ``family_id[:preset[:key=value;...]]``):
   one call, mask = the real lesions' label mask on the scan grid, placement="masks",
-  lesion_type="ms", contrast=c, contrast_jitter=0 (only the parameters the family declares are
-  passed; the rest is said in the notes).
+  lesion_type="ms", contrast=c, contrast_jitter=0, and relative_contrast = lesion level / WM level - 1
+  of the noise-free anatomy where the family declares it (the ratio classic.procedural is given
+  too; it overrides c); only the parameters the family declares are passed, the rest is said in
+  the notes.
 * controls: ``rescan`` (the real lesions acquired again with another noise draw: the C2ST must
   give ~0.5) and ``none`` (nothing inserted: the twin itself; ~1.0).
 
@@ -506,6 +508,12 @@ def _one_call(entry, case: LCase, overrides, preset, seed: int, time_budget=None
 
     notes: list[str] = []
     wanted = {"placement": "masks", "lesion_type": "ms", "contrast": case.c, "contrast_jitter": 0.0}
+    names = {p.name for p in entry.family.params}
+    levels = case.meta.get("tissue_levels", {})
+    if "relative_contrast" in names and levels.get("wm"):
+        # the information classic.procedural gets too: the lesion's level relative to the white matter
+        # of the noise-free anatomy (c alone needs the family to estimate pure grey and white matter levels)
+        wanted["relative_contrast"] = float(levels["lesion"]) / float(levels["wm"]) - 1.0
     params = _params(entry.family, wanted, overrides, preset, notes)
     mask_in = case.twin.with_data(case.labels.astype(np.uint16), name="real lesion labels")
     result = run_family(

@@ -19,6 +19,8 @@ __all__ = [
     "TissueLevels",
     "tissue_levels",
     "looks_like_ct",
+    "tissue_texture",
+    "band_pass",
     "FWHM_PER_SPACING",
 ]
 
@@ -242,3 +244,43 @@ def looks_like_ct(data: np.ndarray) -> bool:
         return False
     p1, p99 = np.percentile(sample, [1.0, 99.0])
     return bool(-1200.0 <= p1 <= -500.0 and p99 >= -100.0)
+
+
+#: the scale band of tissue texture (mm): finer than the anatomy's structures, coarser than the voxel noise
+TEXTURE_BAND_MM = (0.7, 3.0)
+
+
+def band_pass(data: np.ndarray, spacing: Sequence[float], band: tuple[float, float] = TEXTURE_BAND_MM) -> np.ndarray:
+    """Difference of two Gaussians (sigmas in mm) on an anisotropic grid."""
+    sp = np.asarray(spacing, dtype=float)
+    arr = np.asarray(data, dtype=np.float32)
+    fine = ndimage.gaussian_filter(arr, band[0] / sp, mode="nearest")
+    coarse = ndimage.gaussian_filter(arr, band[1] / sp, mode="nearest")
+    return fine - coarse
+
+
+def tissue_texture(data: np.ndarray, region: np.ndarray, spacing: Sequence[float], sigma: float) -> float:
+    """How much a tissue's intensity varies beyond the noise, in the texture band (absolute units).
+
+    The robust standard deviation of :func:`band_pass` over the flatter half of the region's inner
+    voxels (lowest smoothed gradient, so borders and partial volume do not count), less the
+    share white noise of standard deviation ``sigma`` would give through the same filter.
+    """
+    inner = ndimage.binary_erosion(region, iterations=2)
+    if inner.sum() < 200:
+        inner = region
+    if inner.sum() < 50:
+        return 0.0
+    # the flatter half only: what remains of the tissue's borders (partial volume) is not texture
+    inner = _flat_region(np.asarray(data, dtype=np.float32), inner) & inner
+    idx = np.argwhere(inner)
+    lo = np.maximum(idx.min(axis=0) - 8, 0)
+    hi = np.minimum(idx.max(axis=0) + 9, np.asarray(data.shape))
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    values = band_pass(np.asarray(data)[box], spacing)[inner[box]].astype(np.float64)
+    values = values[:: max(1, values.size // 2_000_000)]
+    var = (_MAD_TO_SIGMA * np.median(np.abs(values - np.median(values)))) ** 2
+    impulse = np.zeros((33, 33, 33), dtype=np.float32)
+    impulse[16, 16, 16] = 1.0
+    gain = float(np.sum(band_pass(impulse, spacing).astype(np.float64) ** 2))
+    return float(np.sqrt(max(var - gain * sigma**2, 0.0)))

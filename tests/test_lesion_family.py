@@ -215,3 +215,16 @@ def test_diffusion_texture_trains_saves_and_reuses(head, tmp_path):
     again = run(vol, seed=1, model_file=str(model), **params)
     assert "loaded_from" in again.info["texture_model"]
     assert np.array_equal(again.outputs[1].volume.data, lab)
+
+
+def test_relative_contrast_sets_the_lesion_level_against_the_white_matter(head):
+    vol, _ = head
+    res = run(vol, n_lesions=2, diameter_min_mm=10.0, diameter_max_mm=11.0, relative_contrast=0.5,
+              contrast_jitter=0.0, seed=6)
+    lab = res.outputs[1].volume.data
+    inner = ndimage.binary_erosion(lab > 0, iterations=2)
+    for rec in res.info["lesions"]:
+        assert rec["intensity"] == pytest.approx(1.5 * rec["local_tissue"], rel=1e-6)
+        m = inner & (lab == rec["label"])
+        assert res.outputs[0].volume.data[m].mean() == pytest.approx(rec["intensity"], rel=0.08)
+

@@ -14,9 +14,10 @@ scan itself, to restore a region that was noised while the tissue around it stay
 (diffusion inpainting). A lesion is refined with it as an image edit: the region around the
 lesion, with the rendered lesion in it, is noised to a moderate level and denoised with the
 surroundings re-imposed after each step (RePaint-style); the same is done, with the same
-noise, to the region without the lesion, and only the difference is added to the scan. The
-lesion thus takes the transitions and texture the scan's tissue has, keeps its requested mean
-contrast, and the scan's noise is never replaced.
+noise, to the region without the lesion. The difference of the two is the model's view of the
+lesion; its fine (high-pass) departure from the rendering is added inside the lesion, weighted
+by the occupancy. The rendering keeps the contrast, the edges and the partial volume, the model
+gives the texture, and the scan's noise is never replaced.
 
 Only voxels inside the lesion's support dilated by the stated margin (face-connected steps,
 recorded in the result) can change; every other voxel is bit-identical.
@@ -32,7 +33,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from ..acquisition import effective_fwhm, looks_like_ct, noise_sigma, tissue_levels
+from ..acquisition import band_pass, effective_fwhm, looks_like_ct, noise_sigma, tissue_levels, tissue_texture
 from ..errors import InputError, ParamError
 from ..family import (
     RESEARCH_USE,
@@ -187,8 +188,8 @@ class DiffusionLesion(ModelFamily):
         "HU for CT) and the local bias, then blurred with the scan's measured point-spread function per "
         "axis and integrated over each voxel (a thick slice's profile). The scan's noise is kept as it "
         "was, so it matches in level and grain. A 3D diffusion model (MONAI DiffusionModelUNet, DDIM) "
-        "trained on the scan's own patches refines each lesion as an inpainting edit (texture and "
-        "transitions like the scan's tissue). Only voxels within the stated margin of a lesion change. "
+        "trained on the scan's own patches adds the fine texture of an inpainting edit inside each lesion. "
+        "Only voxels within the stated margin of a lesion change. "
         "Outputs: the image, one label per lesion, the tumour compartments, a table of lesions."
     )
     citation = (
@@ -220,6 +221,9 @@ class DiffusionLesion(ModelFamily):
               help="MR: lesion intensity as WM + contrast x (GM - WM) of this scan (0 = the type's typical: "
               "MS 2, tumour oedema 1.6), so one value is T2/FLAIR-bright and T1-dark. CT: ignored "
               "(see nodule_hu)."),
+        Param("relative_contrast", "float", 0.0, minimum=-0.95, maximum=5.0, label="contrast to WM",
+              help="MR: lesion intensity relative to the white matter around it (-0.4 = 40% darker, +0.8 = 80% "
+              "brighter); 0 = use 'contrast'. Tumours: the oedema's."),
         Param("nodule_hu", "float", 0.0, minimum=-1000.0, maximum=400.0, label="nodule density", unit="HU",
               help="CT nodules: density (0 = the type's typical: solid 30 HU, ground-glass -550 HU)."),
         Param("contrast_jitter", "float", 0.2, minimum=0.0, maximum=0.9, label="contrast jitter",
@@ -230,9 +234,10 @@ class DiffusionLesion(ModelFamily):
               help="auto: the points if given, else random; points: one lesion centred on each point; random: "
               "in the tissue the type needs (white matter, lung); region: random inside the given mask; "
               "masks: each label of the given mask is one lesion's exact shape."),
-        Param("texture", "choice", "diffusion", choices=("diffusion", "none"),
-              help="diffusion: refine each lesion with the diffusion model trained on this scan; none: the "
-              "acquisition-consistent rendering only (no training)."),
+        Param("texture", "choice", "diffusion", choices=("diffusion", "tissue", "none"),
+              help="The lesion's interior texture, as strong as this scan's own tissue texture (measured): "
+              "diffusion: its pattern from a diffusion model trained on this scan; tissue: a random field "
+              "of that scale (no training); none: the acquisition-consistent rendering only."),
         Param("strength", "float", 0.2, minimum=0.0, maximum=0.5,
               help="How far the diffusion model may reshape a lesion (the noise level of the edit, "
               "as a fraction of the schedule)."),
@@ -432,6 +437,8 @@ class DiffusionLesion(ModelFamily):
         texture = params["texture"]
         if texture == "diffusion":
             net, train_info = self._texture_model(image, data, fg, params, ctx)
+        texture_amp = tissue_texture(data, region, spacing, sigma) if texture != "none" else 0.0
+        tissue_ref = (tissue.wm if tissue is not None else float(np.median(data[region]))) if region.any() else 1.0
 
         # -- render
         out = data.copy()
@@ -447,10 +454,10 @@ class DiffusionLesion(ModelFamily):
             ctx.check_cancelled()
             ctx.progress(60 + int(38 * i / max(n, 1)), 100, f"lesion {i + 1}/{n}")
             if median is None:
-                median = _LocalMedian(data)
+                median = _LocalLevel(data, spacing)
             rec = self._insert(
                 out, labels, comps, data, median, fg, tissue, centre, shape, i + 1, name, kind, levels[i],
-                lin, spacing, sigma_g, margin, net, params, ctx, region,
+                lin, spacing, sigma_g, margin, net, params, ctx, region, (texture, texture_amp, tissue_ref),
             )
             rec["centre_world_mm"] = [float(v) for v in image.index_to_world(centre)[0]]
             records.append(rec)
@@ -477,6 +484,7 @@ class DiffusionLesion(ModelFamily):
             "noise_sigma": sigma,
             "psf_fwhm_mm": [float(v) for v in fwhm],
             "texture": texture,
+            "tissue_texture": texture_amp,
             "lesions": records,
         }
         if tissue is not None:
@@ -510,8 +518,11 @@ class DiffusionLesion(ModelFamily):
                 spread = 15.0 if name == "nodule-solid" else 80.0
                 out.append({"hu": hu + spread * (jitter / 0.2) * rng.uniform(-1.0, 1.0)})
             else:
-                c = (float(params["contrast"]) or kind.contrast) * f
-                out.append({"contrast": c})
+                rel = float(params["relative_contrast"])
+                if rel:
+                    out.append({"relative_contrast": rel * f})
+                else:
+                    out.append({"contrast": (float(params["contrast"]) or kind.contrast) * f})
         return out
 
     @staticmethod
@@ -521,7 +532,7 @@ class DiffusionLesion(ModelFamily):
         return np.sqrt(np.maximum(total - spacing**2 / 12.0, 1e-6))
 
     def _insert(self, out, labels, comps, data, median, fg, tissue, centre, shape, label, name, kind, level,
-                lin, spacing, sigma_g, margin, net, params, ctx, region) -> dict[str, Any]:
+                lin, spacing, sigma_g, margin, net, params, ctx, region, tex) -> dict[str, Any]:
         centre = np.asarray(centre, dtype=float)
         shape_arr = np.asarray(data.shape)
         if isinstance(shape, np.ndarray):  # an exact voxel mask
@@ -549,10 +560,18 @@ class DiffusionLesion(ModelFamily):
 
         # compartment occupancy on the fine grid
         if isinstance(shape, np.ndarray):
-            sub = shape[box].astype(np.float32)
-            smooth = ndimage.gaussian_filter(sub, 0.5)
-            fine = ndimage.zoom(smooth, fac, order=1, mode="nearest", grid_mode=True)[: fshape[0], : fshape[1], : fshape[2]]
-            parts = {1: fine >= 0.5}
+            # shape-based interpolation: the signed distance (mm) to the mask's border, linear on the
+            # fine grid, negative inside. A mask holds the voxels at least half lesion, so its border
+            # lies between voxel centres, and the slices at a lesion's ends taper (partial volume)
+            # instead of ending in a step a whole thick slice high.
+            sub = shape[box]
+            sd = (ndimage.distance_transform_edt(~sub, sampling=spacing)
+                  - ndimage.distance_transform_edt(sub, sampling=spacing)).astype(np.float32)
+            coords = np.meshgrid(*[(np.arange(fshape[a]) + 0.5) / fac[a] - 0.5 for a in range(3)], indexing="ij",
+                                 sparse=True)
+            fine_sd = ndimage.map_coordinates(sd, np.broadcast_arrays(*coords), order=1, mode="nearest")
+            parts = {1: fine_sd < 0}
+            del fine_sd, sd
             tumour_q = None
         else:
             grid = np.stack(np.meshgrid(*[a - c for a, c in zip(axes, centre)], indexing="ij"), axis=-1)
@@ -572,7 +591,8 @@ class DiffusionLesion(ModelFamily):
                 tumour_q = None
             del q
 
-        # the anatomy under the lesion: a local median (noise removed, edges kept) on the fine grid
+        # the anatomy under the lesion: a local Gaussian mean (linear, so the scan's noise left inside the
+        # lesion is the scan's own, not a median filter's high-passed residue)
         under = median.get(box)
 
         def up(a):
@@ -611,8 +631,19 @@ class DiffusionLesion(ModelFamily):
         zone = ndimage.binary_dilation(lesion_vox, iterations=margin)
         delta[~zone] = 0.0
 
-        if net is not None and float(params["strength"]) > 0:
-            delta = self._refine(net, data[box], delta, zone, lesion_vox, params, ctx, label)
+        texture, amp, ref = tex
+        if texture != "none" and amp > 0 and lesion_vox.any():
+            # interior texture as strong as the scan's own tissue texture (relative to its level for MR)
+            if kind.modality == "mr":
+                amp = amp * abs(float(lvl[1])) / max(abs(ref), 1e-6)
+            if texture == "diffusion" and net is not None and float(params["strength"]) > 0:
+                pattern = self._refine(net, data[box], delta, zone, params, ctx, label) - delta
+            else:
+                pattern = np.random.default_rng([int(ctx.seed), int(label), 7]).standard_normal(bshape)
+            pattern = band_pass(pattern.astype(np.float32), spacing)
+            std = float(pattern[lesion_vox].std())
+            if std > 0:
+                delta += np.clip(occ_all, 0.0, 1.0) * pattern * np.float32(amp / std)
             delta[~zone] = 0.0
 
         region_out = out[box]
@@ -656,15 +687,18 @@ class DiffusionLesion(ModelFamily):
         wm_local = data[box][tissue.labels[box] == 3]
         wm = float(np.median(wm_local)) if wm_local.size >= 30 else tissue.wm
         bias = wm / tissue.wm if tissue.wm != 0 else 1.0
-        c_ = level["contrast"]
+        if "relative_contrast" in level:
+            main = wm * (1.0 + level["relative_contrast"])
+        else:
+            main = wm + level["contrast"] * bias * (tissue.gm - tissue.wm)
         if name == "tumour":
             return {
                 1: wm + 0.8 * bias * (tissue.csf - tissue.wm),  # necrosis: fluid-like
                 2: wm + 1.0 * bias * (tissue.gm - tissue.wm),  # solid tumour: grey-matter-like
-                3: wm + c_ * bias * (tissue.gm - tissue.wm),  # oedema
+                3: main,  # oedema
                 "local": wm,
             }
-        return {1: wm + c_ * bias * (tissue.gm - tissue.wm), "local": wm}
+        return {1: main, "local": wm}
 
     # -- the diffusion texture model ---------------------------------------------------------------
     def _texture_model(self, image: Volume, data, fg, params, ctx: RunContext):
@@ -794,8 +828,8 @@ class DiffusionLesion(ModelFamily):
         net.scale = scale
         return net, {"texture_model": {"loaded_from": str(path), "trained": card.get("trained", {})}}
 
-    def _refine(self, net, scan_box, delta, zone, lesion_vox, params, ctx, label) -> np.ndarray:
-        """The diffusion edit: (edit of scan + lesion) - (edit of scan), same noise; mean contrast kept."""
+    def _refine(self, net, scan_box, delta, zone, params, ctx, label) -> np.ndarray:
+        """The diffusion edit: (edit of scan + lesion) - (edit of scan), with the same noise: the model's view of the lesion."""
         import torch
 
         from ..engine import autocast
@@ -832,29 +866,27 @@ class DiffusionLesion(ModelFamily):
         pred = pred.cpu().numpy()[:, 0]
         sl = tuple(slice(0, int(s)) for s in shp)
         diff = (pred[1] - pred[0])[sl] * (hi - lo) / 2.0
-        # keep the requested contrast: the lesion's mean change stays the rendering's
-        if lesion_vox.any():
-            want = float(delta[lesion_vox].mean())
-            got = float(diff[lesion_vox].mean())
-            if abs(got) > 1e-6 and np.sign(got) == np.sign(want):
-                diff *= np.float32(want / got)
-            else:
-                diff = delta
         return diff.astype(np.float32)
 
 
-class _LocalMedian:
-    """The scan's 3x3x3 median, computed box by box on demand (noise removed, edges kept)."""
+class _LocalLevel:
+    """The scan's local mean (Gaussian, 1.5 of the finest voxel size), box by box on demand.
 
-    def __init__(self, data: np.ndarray) -> None:
+    Linear on purpose: inside a lesion the scan minus this level is the scan's own noise (less
+    under 1% of it) plus anatomy finer than the filter; a median filter's residue is a
+    high-passed noise of another grain, which a classifier sees.
+    """
+
+    def __init__(self, data: np.ndarray, spacing: np.ndarray) -> None:
         self.data = data
+        self.sigma = 1.5 * float(np.min(spacing)) / np.asarray(spacing, dtype=float)
 
     def get(self, box) -> np.ndarray:
-        sl = []
-        inner = []
-        for s, n in zip(box, self.data.shape):
-            a, b = max(0, s.start - 1), min(n, s.stop + 1)
+        pad = np.ceil(4 * self.sigma).astype(int)
+        sl, inner = [], []
+        for s, n, p in zip(box, self.data.shape, pad):
+            a, b = max(0, s.start - p), min(n, s.stop + p)
             sl.append(slice(a, b))
             inner.append(slice(s.start - a, s.start - a + (s.stop - s.start)))
-        med = ndimage.median_filter(self.data[tuple(sl)], size=3, mode="nearest")
-        return med[tuple(inner)]
+        smooth = ndimage.gaussian_filter(self.data[tuple(sl)], self.sigma, mode="nearest")
+        return smooth[tuple(inner)]
