@@ -228,3 +228,16 @@ def test_relative_contrast_sets_the_lesion_level_against_the_white_matter(head):
         m = inner & (lab == rec["label"])
         assert res.outputs[0].volume.data[m].mean() == pytest.approx(rec["intensity"], rel=0.08)
 
+
+
+def test_tissue_texture_stays_inside_the_margin_and_keeps_the_contrast(head):
+    vol, _ = head
+    plain = run(vol, n_lesions=3, diameter_min_mm=8.0, diameter_max_mm=9.0, contrast_jitter=0.0, seed=2)
+    tex = run(vol, n_lesions=3, diameter_min_mm=8.0, diameter_max_mm=9.0, contrast_jitter=0.0, seed=2,
+              texture="tissue")
+    assert tex.info["tissue_texture"] > 0 and _outside_margin_changes(vol, tex) == 0
+    lab = tex.outputs[1].volume.data
+    assert np.array_equal(lab, plain.outputs[1].volume.data)
+    a, b = plain.outputs[0].volume.data[lab > 0], tex.outputs[0].volume.data[lab > 0]
+    assert not np.array_equal(a, b)
+    assert b.mean() == pytest.approx(a.mean(), rel=0.03)

@@ -178,7 +178,7 @@ class DiffusionLesion(ModelFamily):
 
     id = "medgen.lesion_diffusion"
     task = Task.LESION
-    display_name = "Acquisition-consistent lesions (diffusion texture)"
+    display_name = "Acquisition-consistent lesions (optional diffusion texture)"
     version = "0.1.0"
     priority = 10
     description = (
@@ -187,8 +187,8 @@ class DiffusionLesion(ModelFamily):
         "finer than the voxels, at an intensity taken from the scan's own tissues (white/grey matter, CSF; "
         "HU for CT) and the local bias, then blurred with the scan's measured point-spread function per "
         "axis and integrated over each voxel (a thick slice's profile). The scan's noise is kept as it "
-        "was, so it matches in level and grain. A 3D diffusion model (MONAI DiffusionModelUNet, DDIM) "
-        "trained on the scan's own patches adds the fine texture of an inpainting edit inside each lesion. "
+        "was, so it matches in level and grain. Optionally (texture=diffusion) a 3D diffusion model (MONAI "
+        "DiffusionModelUNet, DDIM) trained on the scan's own patches adds an inpainting edit's texture. "
         "Only voxels within the stated margin of a lesion change. "
         "Outputs: the image, one label per lesion, the tumour compartments, a table of lesions."
     )
@@ -234,10 +234,11 @@ class DiffusionLesion(ModelFamily):
               help="auto: the points if given, else random; points: one lesion centred on each point; random: "
               "in the tissue the type needs (white matter, lung); region: random inside the given mask; "
               "masks: each label of the given mask is one lesion's exact shape."),
-        Param("texture", "choice", "diffusion", choices=("diffusion", "tissue", "none"),
-              help="The lesion's interior texture, as strong as this scan's own tissue texture (measured): "
-              "diffusion: its pattern from a diffusion model trained on this scan; tissue: a random field "
-              "of that scale (no training); none: the acquisition-consistent rendering only."),
+        Param("texture", "choice", "none", choices=("none", "diffusion", "tissue"),
+              help="Interior texture added to the rendering, as strong as this scan's own tissue texture "
+              "(measured): diffusion: its pattern from a diffusion model trained on this scan (minutes); "
+              "tissue: a random field (no training); none (the default): the rendering with the scan's own "
+              "noise only, which the project's realism benchmark finds hardest to tell from real lesions."),
         Param("strength", "float", 0.2, minimum=0.0, maximum=0.5,
               help="How far the diffusion model may reshape a lesion (the noise level of the edit, "
               "as a fraction of the schedule)."),
