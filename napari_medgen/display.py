@@ -240,3 +240,14 @@ def install_reading_convention(viewer: Any) -> None:
         apply_reading_convention(viewer)
     except Exception:
         log.debug("could not install the reading convention", exc_info=True)
+
+
+def go_to_world(viewer: Any, world: Any) -> None:
+    """Show the slices through a point (world mm, napari order) and centre the camera on it."""
+    dims = viewer.dims
+    n = dims.ndim
+    if world is None or len(world) != 3 or n < 3:
+        return
+    dims.set_point(list(range(n - 3, n)), [float(v) for v in world])
+    point = dims.point
+    viewer.camera.center = tuple(float(point[d]) for d in dims.displayed)

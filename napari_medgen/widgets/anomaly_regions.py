@@ -35,6 +35,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..display import go_to_world
 from ..errors import MedGenError, OutputExists
 from ..io.napari_io import heatmap_kwargs, layer_to_volume, volume_to_layer_data
 from ..regions import MAX_LISTED, REGIONS_KEY, WORLD_AXES, label_regions, regions_csv_bytes, regions_metadata
@@ -388,14 +389,7 @@ class AnomalyRegions:
         """Move the viewer to region ``row``'s centre: the slices through it, centred on screen."""
         if not 0 <= row < len(self.regions):
             return
-        world = [float(v) for v in self.regions[row]["centroid_world_mm"]]
-        dims = self.viewer.dims
-        n = dims.ndim
-        if n < 3:
-            return
-        dims.set_point(list(range(n - 3, n)), world)
-        point = dims.point
-        self.viewer.camera.center = tuple(float(point[d]) for d in dims.displayed)
+        go_to_world(self.viewer, self.regions[row]["centroid_world_mm"])
 
     def csv_bytes(self) -> bytes:
         """The table as the CLI writes it."""

@@ -20,6 +20,8 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
+from ..display import go_to_world
+
 if TYPE_CHECKING:  # pragma: no cover
     from ..family import Result
     from .task_widget import TaskWidget
@@ -109,11 +111,4 @@ class LesionTable:
         """Move the viewer to lesion ``row``'s centre: the slices through it, centred on screen."""
         if not 0 <= row < len(self.lesions):
             return
-        world = self.lesions[row].get("centre_world_mm")
-        dims = self.viewer.dims
-        n = dims.ndim
-        if not world or n < 3:
-            return
-        dims.set_point(list(range(n - 3, n)), [float(v) for v in world])
-        point = dims.point
-        self.viewer.camera.center = tuple(float(point[d]) for d in dims.displayed)
+        go_to_world(self.viewer, self.lesions[row].get("centre_world_mm"))
