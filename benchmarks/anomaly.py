@@ -52,7 +52,7 @@ from napari_medgen.masks import foreground_mask
 from napari_medgen.volume import Volume
 
 from .anomaly_data import KINDS, LOCATIONS, Subject, benchmark_set
-from .common import merge_json, write_section
+from .common import family_registry, fmt, merge_json, write_section
 
 __all__ = [
     "auroc",
@@ -312,12 +312,6 @@ def plain_score(scan: Volume, refs: Sequence[Volume] = ()) -> np.ndarray:
     return score
 
 
-def _registry():
-    from napari_medgen.registry import get_registry
-
-    return get_registry()
-
-
 def run_registered(
     family_id: str,
     scan: Volume,
@@ -328,7 +322,7 @@ def run_registered(
     """A registered family through run_family; its "heatmap" output (else its first) and its info."""
     from napari_medgen.runner import run_family
 
-    entry = _registry().get(family_id)
+    entry = family_registry().get(family_id)
     result = run_family(
         entry.family,
         Inputs(image=scan, references=list(refs)),
@@ -445,7 +439,7 @@ def run_method(
         run.notes.append("affine registration of 5 references per scan (included in the time)")
         return run
     # a registered family
-    entry = _registry().get(method)
+    entry = family_registry().get(method)
     names = {p.name: p for p in entry.family.params}
     params: dict[str, Any] = {}
     if preset and "preset" in names:
@@ -553,8 +547,8 @@ def evaluate(run: MethodRun, split: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _fmt(v, spec=".3f", none="-"):
-    return none if v is None or (isinstance(v, float) and not np.isfinite(v)) else format(v, spec)
+def _fmt(v, spec=".3f", none="-"):  # this table's cells default to 3 decimals
+    return fmt(v, spec, none)
 
 
 TABLE_HEADER = [
@@ -605,7 +599,7 @@ def run(
     from napari_medgen.engine.device import resolve_device
 
     resolve_device("auto")  # one-off torch import, kept out of the timings
-    registry = _registry()
+    registry = family_registry()
     methods = []
     for fid in families:
         if fid in ("refz", "plain") or fid in registry:

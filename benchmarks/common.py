@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import platform
 import resource
@@ -149,3 +150,29 @@ def merge_json(path: Path, entries: dict[str, Any]) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=1, default=float))
     tmp.replace(path)
+
+
+def family_registry():
+    """The family registry (imported on first use, so a benchmark module loads no plugin at import)."""
+    from napari_medgen.registry import get_registry
+
+    return get_registry()
+
+
+def small_info(info: Any) -> Any:
+    """A family's info record without its big lists (it goes into a benchmark's JSON file)."""
+    try:
+        text = json.dumps(info, default=str)
+    except (TypeError, ValueError):
+        return str(info)[:2000]
+    return json.loads(text) if len(text) < 20000 else text[:2000]
+
+
+def fmt(v: Any, spec: str = ".2f", none: str = "-") -> str:
+    """A table cell: ``v`` formatted, or ``none`` for a missing or non-finite value."""
+    return none if v is None or (isinstance(v, float) and not np.isfinite(v)) else format(v, spec)
+
+
+def size_tag(small: bool) -> str:
+    """The cases' resolution in a benchmark's JSON keys."""
+    return "2mm" if small else "1mm"

@@ -62,7 +62,7 @@ from napari_medgen.masks import foreground_mask
 from napari_medgen.volume import Volume
 
 from .anomaly import RssPeak
-from .common import merge_json, psnr, ssim, write_section
+from .common import family_registry, fmt, merge_json, psnr, size_tag, small_info, ssim, write_section
 from .harmonize_data import HKINDS, SITES, TARGETS, VISIBLE_KINDS, Case, benchmark_set
 
 __all__ = [
@@ -251,18 +251,12 @@ def evaluate_case(out: np.ndarray, case: Case, target: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------
 # methods
 # ---------------------------------------------------------------------------------------------------
-def _registry():
-    from napari_medgen.registry import get_registry
-
-    return get_registry()
-
-
 def _registered(
     family_id: str, preset: str | None, scan: Volume, refs, time_budget, extra: dict | None = None
 ) -> tuple[np.ndarray, dict]:
     from napari_medgen.runner import run_family
 
-    entry = _registry().get(family_id)
+    entry = family_registry().get(family_id)
     names = {p.name for p in entry.family.params}
     params = {"preset": preset} if preset and "preset" in names else {}
     params.update({k: entry.family.param(k).parse(v) for k, v in (extra or {}).items()})
@@ -444,7 +438,7 @@ def run_method(method: str, target: str, split: dict[str, Any], time_budget: flo
     family_id, _, rest = method.partition(":")
     preset, _, overrides = rest.partition(":")  # family_id[:preset[:key=value;key=value]] (ablations)
     param_overrides = dict(kv.split("=", 1) for kv in overrides.split(";") if "=" in kv)
-    registry = _registry()
+    registry = family_registry()
     if family_id not in registry:
         harm = ", ".join(e.id for e in registry.families("harmonize")) or "none"
         raise _Skip(f"no family {family_id!r} is registered (registered harmonization families: {harm})")
@@ -460,18 +454,9 @@ def run_method(method: str, target: str, split: dict[str, Any], time_budget: flo
         outs.append(data)
         secs.append(sec)
         extra = max(extra, mb)
-        infos.append(_small_info(info))
+        infos.append(small_info(info))
         log(f"  {method} on case {case.seed}: {sec:.1f} s")
     return outs, secs, extra, notes, {"info": infos}
-
-
-def _small_info(info: Any) -> Any:
-    """The family's info, without big lists (it goes into the JSON file)."""
-    try:
-        text = json.dumps(info, default=str)
-    except (TypeError, ValueError):
-        return str(info)[:2000]
-    return json.loads(text) if len(text) < 20000 else text[:2000]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -513,10 +498,6 @@ def evaluate(outs: Sequence[np.ndarray], split: dict[str, Any], target: str) -> 
     }
 
 
-def _fmt(v, spec=".2f", none="-"):
-    return none if v is None or (isinstance(v, float) and not np.isfinite(v)) else format(v, spec)
-
-
 HEADER = [
     (
         "| method | PSNR brain (dB) | SSIM brain | PSNR per case | lesions kept (visible at site A) | "
@@ -531,24 +512,20 @@ HEADER = [
 def table_row(method: str, r: dict[str, Any]) -> str:
     if "error" in r:
         return f"| {method} | | | | | | | | | | | {r['error']} |"
-    hidden = ", ".join(_fmt(x) for x in r["hidden_ratios"])
+    hidden = ", ".join(fmt(x) for x in r["hidden_ratios"])
     return (
-        f"| {method} | {_fmt(r['psnr'])} | {_fmt(r['ssim'], '.3f')} | "
-        f"{' / '.join(_fmt(x, '.1f') for x in r['psnr_per_case'])} | "
+        f"| {method} | {fmt(r['psnr'])} | {fmt(r['ssim'], '.3f')} | "
+        f"{' / '.join(fmt(x, '.1f') for x in r['psnr_per_case'])} | "
         f"{r['lesions_kept']}/{r['lesions_visible']} | "
-        f"{_fmt(r['lesions_min_ratio'])} | {r['hidden_kept']}/{r['hidden_total']} (ratios {hidden}) | "
-        f"{r['new_healthy']['count']} ({_fmt(r['new_healthy']['volume_mm3'], '.0f')}) | "
-        f"{r['new_test']['count']} ({_fmt(r['new_test']['volume_mm3'], '.0f')}) | "
-        f"{_fmt(r['seconds_mean'], '.1f')} | {_fmt(r['extra_rss_mb'], '.0f')} | {'; '.join(r['notes'])} |"
+        f"{fmt(r['lesions_min_ratio'])} | {r['hidden_kept']}/{r['hidden_total']} (ratios {hidden}) | "
+        f"{r['new_healthy']['count']} ({fmt(r['new_healthy']['volume_mm3'], '.0f')}) | "
+        f"{r['new_test']['count']} ({fmt(r['new_test']['volume_mm3'], '.0f')}) | "
+        f"{fmt(r['seconds_mean'], '.1f')} | {fmt(r['extra_rss_mb'], '.0f')} | {'; '.join(r['notes'])} |"
     )
 
 
 def _merge_json(entries: dict[str, Any]) -> None:
     merge_json(JSON_PATH, entries)
-
-
-def _size(small: bool) -> str:
-    return "2mm" if small else "1mm"
 
 
 def run(targets: Sequence[str], methods: Sequence[str], small: bool, time_budget: float | None, log=print):
@@ -559,13 +536,13 @@ def run(targets: Sequence[str], methods: Sequence[str], small: bool, time_budget
     t0 = time.perf_counter()
     split = benchmark_set(small=small)
     n_les = sum(len(c.lesions) for c in split["test"])
-    log(f"[{_size(small)}] data ready in {time.perf_counter() - t0:.1f} s ({n_les} test lesions)")
+    log(f"[{size_tag(small)}] data ready in {time.perf_counter() - t0:.1f} s ({n_les} test lesions)")
     rows: dict[str, list[str]] = {}
     entries: dict[str, Any] = {}
     for target in targets:
         rows[target] = list(HEADER)
         for method in methods:
-            key = f"{target}/{_size(small)}/{method}"
+            key = f"{target}/{size_tag(small)}/{method}"
             try:
                 outs, secs, extra, notes, details = run_method(method, target, split, time_budget, log)
             except _Skip as why:
@@ -600,7 +577,7 @@ def stored_rows(targets, methods, small: bool) -> dict[str, list[str]]:
     for target in targets:
         rows[target] = list(HEADER)
         for method in methods:
-            result = data.get(f"{target}/{_size(small)}/{method}")
+            result = data.get(f"{target}/{size_tag(small)}/{method}")
             if result is not None:
                 rows[target].append(table_row(method, result))
     return rows

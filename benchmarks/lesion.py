@@ -76,7 +76,7 @@ from scipy.stats import rankdata
 from napari_medgen import Inputs
 
 from .anomaly import RssPeak
-from .common import merge_json, write_section
+from .common import family_registry, fmt, merge_json, size_tag, small_info, write_section
 from .lesion_data import SETTINGS, LCase, benchmark_set
 
 __all__ = [
@@ -429,12 +429,6 @@ class MethodRun:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def _registry():
-    from napari_medgen.registry import get_registry
-
-    return get_registry()
-
-
 def _output(result, name: str, kind: str):
     for out in result.outputs:
         if out.name == name:
@@ -531,16 +525,8 @@ def _one_call(entry, case: LCase, overrides, preset, seed: int, time_budget=None
     labels = [int(d["label"]) for d in case.lesions]
     present = requested_present(lab, labels)
     margin = float(result.info.get("margin_voxels", DEFAULT_MARGIN))
-    info = _small_info({k: v for k, v in result.info.items() if k != "lesions"})
+    info = small_info({k: v for k, v in result.info.items() if k != "lesions"})
     return MethodRun(image=image, mask=lab, margin=margin, present=present, notes=notes, info=info)
-
-
-def _small_info(info: Any) -> Any:
-    try:
-        text = json.dumps(info, default=str)
-    except (TypeError, ValueError):
-        return str(info)[:2000]
-    return json.loads(text) if len(text) < 20000 else text[:2000]
 
 
 def run_method(method: str, case: LCase, time_budget: float | None = None) -> MethodRun:
@@ -565,7 +551,7 @@ def run_method(method: str, case: LCase, time_budget: float | None = None) -> Me
     family_id, _, rest = method.partition(":")
     preset, _, tail = rest.partition(":")  # family_id[:preset[:key=value;key=value]] (ablations)
     overrides = dict(kv.split("=", 1) for kv in tail.split(";") if "=" in kv)
-    registry = _registry()
+    registry = family_registry()
     if family_id not in registry:
         have = ", ".join(e.id for e in registry.families("lesion")) or "none"
         raise _Skip(f"no family {family_id!r} is registered (registered lesion families: {have})")
@@ -659,10 +645,6 @@ def evaluate_setting(cases: Sequence[LCase], runs: Sequence[MethodRun], cnn: boo
     return res
 
 
-def _fmt(v, spec=".2f", none="-"):
-    return none if v is None or (isinstance(v, float) and not np.isfinite(v)) else format(v, spec)
-
-
 HEADER = [
     (
         "| setting | method | lesions (real + synthetic) | AUROC features | AUROC CNN | most separating features "
@@ -679,23 +661,19 @@ def table_row(setting: str, method: str, r: dict[str, Any]) -> str:
     top = sorted(r["feature_auroc"].items(), key=lambda kv: -abs(kv[1] - 0.5) if np.isfinite(kv[1]) else 0)[
         :3
     ]
-    tops = ", ".join(f"{k} {_fmt(v)}" for k, v in top)
+    tops = ", ".join(f"{k} {fmt(v)}" for k, v in top)
     outside = r["outside_margin"]
     out_text = "-" if any(o is None for o in outside) else " / ".join(str(o) for o in outside)
     margin = {m for m in r["margin_voxels"] if m is not None}
     if margin and out_text != "-":
-        out_text += f" (margin {', '.join(_fmt(m, 'g') for m in sorted(margin))})"
+        out_text += f" (margin {', '.join(fmt(m, 'g') for m in sorted(margin))})"
     cnn = r.get("cnn", {}).get("auroc")
     n = r["features"]["n_real"]
     return (
-        f"| {setting} | {method} | {n} + {r['features']['n_synthetic']} | {_fmt(r['features']['auroc'])} | "
-        f"{_fmt(cnn)} | {tops} | {out_text} | {r['present']}/{r['requested']} | "
-        f"{_fmt(r['seconds_mean'], '.1f')} | {_fmt(r['extra_rss_mb'], '.0f')} | {'; '.join(r['notes'])} |"
+        f"| {setting} | {method} | {n} + {r['features']['n_synthetic']} | {fmt(r['features']['auroc'])} | "
+        f"{fmt(cnn)} | {tops} | {out_text} | {r['present']}/{r['requested']} | "
+        f"{fmt(r['seconds_mean'], '.1f')} | {fmt(r['extra_rss_mb'], '.0f')} | {'; '.join(r['notes'])} |"
     )
-
-
-def _size(small: bool) -> str:
-    return "2mm" if small else "1mm"
 
 
 def run(
@@ -715,12 +693,12 @@ def run(
     kw = {} if cache_dir is None else {"cache_dir": cache_dir}
     split = benchmark_set(small=small, settings=list(settings), **kw)
     n_les = sum(len(c.lesions) for cs in split.values() for c in cs)
-    log(f"[{_size(small)}] data ready in {time.perf_counter() - t0:.1f} s ({n_les} real lesions)")
+    log(f"[{size_tag(small)}] data ready in {time.perf_counter() - t0:.1f} s ({n_les} real lesions)")
     rows = list(HEADER)
     entries: dict[str, Any] = {}
     for method in methods:
         for setting in settings:
-            key = f"{setting}/{_size(small)}/{method}"
+            key = f"{setting}/{size_tag(small)}/{method}"
             cases = split[setting]
             try:
                 runs = []
@@ -750,7 +728,7 @@ def stored_rows(settings, methods, small: bool) -> list[str]:
     rows = list(HEADER)
     for method in methods:
         for setting in settings:
-            result = data.get(f"{setting}/{_size(small)}/{method}")
+            result = data.get(f"{setting}/{size_tag(small)}/{method}")
             if result is not None:
                 rows.append(table_row(setting, method, result))
     return rows
