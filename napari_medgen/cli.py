@@ -291,6 +291,19 @@ def _protected(args: argparse.Namespace) -> list[tuple[str, Path]]:
     return files
 
 
+def _read_inputs(args: argparse.Namespace) -> Inputs:
+    """The run's input, references, mask and points, read after every output place was checked."""
+    from .io.read import read_volume
+
+    image = read_volume(args.input, role="input", series=args.series)
+    refs = [read_volume(p, role=f"reference {i + 1}") for i, p in enumerate(args.reference)]
+    mask = read_volume(args.mask, role="mask") if args.mask else None
+    if mask is not None:
+        mask = mask.with_data(np.asarray(mask.data) > 0)
+    points = read_points_csv(args.points, image) if args.points else None
+    return Inputs(image=image, references=refs, points=points, mask=mask)
+
+
 def _expected_bytes(image, paths: Sequence[Path]) -> list[int]:
     """A cheap lower bound of each output's size: the input's voxels as float32 (gzip: a quarter)."""
     raw = int(np.prod(image.shape)) * 4
@@ -367,7 +380,6 @@ def _is_batch(args: argparse.Namespace, raw_output: str) -> bool:
 def cmd_run(args: argparse.Namespace) -> int:
     from .io.nifti import nifti_output
     from .io.output import OutputTransaction, check_free_space, json_writer
-    from .io.read import read_volume
     from .registry import get_registry
     from .runner import preflight, run_family
 
@@ -407,19 +419,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
     )
     table_final = finals[len(paths)] if tables else None
-    image = read_volume(args.input, role="input", series=args.series)
-    refs = [read_volume(p, role=f"reference {i + 1}") for i, p in enumerate(args.reference)]
-    mask = read_volume(args.mask, role="mask") if args.mask else None
-    if mask is not None:
-        mask = mask.with_data(np.asarray(mask.data) > 0)
-    points = read_points_csv(args.points, image) if args.points else None
+    inputs = _read_inputs(args)
+    image = inputs.image
     check_free_space(paths, _expected_bytes(image, paths))
 
     cancel = threading.Event()
     with _sigint_cancels(cancel):  # first Ctrl-C cancels cleanly, the second aborts
         result = run_family(
             family,
-            Inputs(image=image, references=refs, points=points, mask=mask),
+            inputs,
             params,
             device=args.device,
             seed=args.seed,
@@ -584,7 +592,6 @@ def _cmd_run_batch(args: argparse.Namespace, raw_output: str) -> int:
     from .errors import OutputPathError
     from .io.nifti import nifti_output
     from .io.output import OutputTransaction, check_free_space, check_outputs
-    from .io.read import read_volume
     from .registry import get_registry
     from .runner import preflight, run_family
 
@@ -628,12 +635,8 @@ def _cmd_run_batch(args: argparse.Namespace, raw_output: str) -> int:
     per = len(specs)
     variant_finals = [finals[i * per:(i + 1) * per] for i in range(n_var)]
     table_final, side_final = finals[-2], finals[-1]
-    image = read_volume(args.input, role="input", series=args.series)
-    refs = [read_volume(p, role=f"reference {i + 1}") for i, p in enumerate(args.reference)]
-    mask = read_volume(args.mask, role="mask") if args.mask else None
-    if mask is not None:
-        mask = mask.with_data(np.asarray(mask.data) > 0)
-    points = read_points_csv(args.points, image) if args.points else None
+    inputs = _read_inputs(args)
+    image = inputs.image
     check_free_space(all_paths, _expected_bytes(image, all_paths))
     try:
         table_final.parent.mkdir(parents=True, exist_ok=True)
@@ -642,7 +645,6 @@ def _cmd_run_batch(args: argparse.Namespace, raw_output: str) -> int:
             f"cannot create the output folder {raw_output!r}: {exc.strerror or exc}"
         ) from None
 
-    inputs = Inputs(image=image, references=refs, points=points, mask=mask)
     progress = _Progress(args.quiet)
     cancel = threading.Event()
     records: list[dict[str, Any]] = []
