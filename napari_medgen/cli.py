@@ -294,12 +294,13 @@ def _protected(args: argparse.Namespace) -> list[tuple[str, Path]]:
 def _read_inputs(args: argparse.Namespace) -> Inputs:
     """The run's input, references, mask and points, read after every output place was checked."""
     from .io.read import read_volume
+    from .masks import mask_input
 
     image = read_volume(args.input, role="input", series=args.series)
     refs = [read_volume(p, role=f"reference {i + 1}") for i, p in enumerate(args.reference)]
     mask = read_volume(args.mask, role="mask") if args.mask else None
     if mask is not None:
-        mask = mask.with_data(np.asarray(mask.data) > 0)
+        mask = mask_input(mask)
     points = read_points_csv(args.points, image) if args.points else None
     return Inputs(image=image, references=refs, points=points, mask=mask)
 

@@ -11,7 +11,7 @@ from skimage.filters import threshold_otsu
 from .errors import InputError
 from .volume import Volume
 
-__all__ = ["foreground_mask", "ellipsoid_structure"]
+__all__ = ["foreground_mask", "ellipsoid_structure", "given_mask", "mask_input"]
 
 
 def ellipsoid_structure(radius_mm: float, spacing: Sequence[float]) -> np.ndarray:
@@ -97,3 +97,20 @@ def given_mask(mask: Volume, image: Volume, purpose: str = "") -> np.ndarray:
     if not region.any():
         raise InputError("the mask is empty: it has no non-zero voxel" + (f" {purpose}" if purpose else ""))
     return region
+
+
+def mask_input(mask: Volume) -> Volume:
+    """A mask file or Labels layer as a family receives it: its labels kept, nothing below zero.
+
+    Integer-valued data stay labels (one lesion shape per label for a lesion family; every
+    family that needs a region reads ``!= 0``); other data (a probability map) become
+    ``> 0``. Binarising everything merged the labels of a label image into one.
+    """
+    data = np.asarray(mask.data)
+    finite = np.isfinite(data) if data.dtype.kind == "f" else np.ones(data.shape, dtype=bool)
+    if data.dtype.kind in "iub" or (finite.all() and np.array_equal(data, np.rint(data))):
+        labels = np.where(data > 0, data, 0)
+        top = int(labels.max()) if labels.size else 0
+        dtype = np.uint8 if top < 256 else (np.uint16 if top < 65536 else np.uint32)
+        return mask.with_data(labels.astype(dtype))
+    return mask.with_data(data > 0)

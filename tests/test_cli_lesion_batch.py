@@ -295,3 +295,37 @@ def test_a_file_the_family_saves_itself_is_written_by_variant_1_only(capsys, sca
     code, _, err = run_cli(capsys, *argv)
     assert code == 0, err
     assert saves == [str(model), "", ""] and model.read_text() == "a model\n"
+
+
+def test_a_label_mask_given_on_the_command_line_keeps_its_labels(capsys, tmp_path):
+    """placement=masks renders each label of --mask as one lesion (a binarised mask merged them)."""
+    from napari_medgen.io.phantom import make_phantom
+
+    vol, _ = make_phantom((32, 48, 48), seed=2)
+    vol = vol.with_data((vol.data * 1000).astype(np.float32))
+    scan = tmp_path / "scan.nii.gz"
+    write_nifti(vol, scan)
+    shapes = np.zeros(vol.shape, np.uint8)
+    shapes[14:18, 20:24, 20:24] = 1
+    shapes[14:18, 20:24, 28:32] = 2
+    mask = tmp_path / "shapes.nii.gz"
+    write_nifti(vol.with_data(shapes), mask)
+    out = tmp_path / "les.nii.gz"
+    code, _, err = run_cli(capsys, "run", "lesion", scan, "-o", out, "--mask", mask, "--param", "placement=masks",
+                           "--quiet")
+    assert code == 0, err
+    written = data(tmp_path / "les_mask.nii.gz")
+    assert sorted(np.unique(written)) == [0, 1, 2]
+    np.testing.assert_array_equal(written > 0, data(mask) > 0)
+
+
+def test_mask_input_keeps_labels_and_thresholds_a_probability_map():
+    from napari_medgen import Volume
+    from napari_medgen.masks import mask_input
+
+    labels = Volume.from_spacing(np.array([[[0, 1, 2, -1]]], dtype=np.int16), (1.0, 1.0, 1.0))
+    assert mask_input(labels).data.tolist() == [[[0, 1, 2, 0]]]
+    floats = labels.with_data(np.array([[[0.0, 3.0, 7.0, -2.0]]], dtype=np.float32))
+    assert mask_input(floats).data.tolist() == [[[0, 3, 7, 0]]]
+    prob = labels.with_data(np.array([[[0.0, 0.2, 0.9, -0.1]]], dtype=np.float32))
+    assert mask_input(prob).data.tolist() == [[[False, True, True, False]]]

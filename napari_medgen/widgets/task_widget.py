@@ -37,6 +37,7 @@ from qtpy.QtWidgets import (
 from ..errors import Cancelled, MedGenError
 from ..family import Inputs, ModelFamily, Param, Result, Task
 from ..io.napari_io import HEATMAP_COLORMAP_NAME, layer_to_volume, volume_to_layer_data
+from ..masks import mask_input
 from ..registry import FamilyEntry, get_registry
 from ._dock import ScrollDock
 from ._run_progress import RunProgress
@@ -445,7 +446,7 @@ class TaskWidget(ScrollDock):
         if self.mask_combo is not None and self.mask_combo.value not in (None, NONE):
             ml = self.viewer.layers[self.mask_combo.value]
             mvol = layer_to_volume(ml)
-            mask = mvol.with_data(np.asarray(mvol.data) > 0, name=ml.name)
+            mask = mask_input(mvol.with_data(mvol.data, name=ml.name))
         return Inputs(image=image, references=refs, points=points, mask=mask)
 
     @staticmethod
