@@ -11,7 +11,7 @@ from skimage.filters import threshold_otsu
 from .errors import InputError
 from .volume import Volume
 
-__all__ = ["foreground_mask", "ellipsoid_structure", "given_mask", "mask_input"]
+__all__ = ["foreground_mask", "ellipsoid_structure", "given_mask", "mask_input", "random_rotation"]
 
 
 def ellipsoid_structure(radius_mm: float, spacing: Sequence[float]) -> np.ndarray:
@@ -30,6 +30,15 @@ def ellipsoid_structure(radius_mm: float, spacing: Sequence[float]) -> np.ndarra
             idx[axis] += step
             ball[tuple(idx)] = True
     return ball
+
+
+def random_rotation(rng: np.random.Generator) -> np.ndarray:
+    """A uniformly random 3x3 rotation (QR of a Gaussian matrix with the sign fixed): a lesion's orientation."""
+    q, r = np.linalg.qr(rng.standard_normal((3, 3)))
+    q = q * np.sign(np.diag(r))
+    if np.linalg.det(q) < 0:
+        q[:, 0] = -q[:, 0]
+    return q
 
 
 def foreground_mask(

@@ -47,7 +47,7 @@ from ..family import (
     RunContext,
     Task,
 )
-from ..masks import foreground_mask, given_mask
+from ..masks import foreground_mask, given_mask, random_rotation
 from ..volume import Volume
 
 __all__ = ["DiffusionLesion", "LESION_TYPES", "PRESETS"]
@@ -124,14 +124,6 @@ def _build(preset: Preset):
     )
 
 
-def _rotation(rng: np.random.Generator) -> np.ndarray:
-    q, r = np.linalg.qr(rng.standard_normal((3, 3)))
-    q = q * np.sign(np.diag(r))
-    if np.linalg.det(q) < 0:
-        q[:, 0] = -q[:, 0]
-    return q
-
-
 @dataclass
 class Shape:
     """A lesion's outline: an ellipsoid (world mm) with a smooth random modulation of its radius."""
@@ -152,7 +144,7 @@ class Shape:
         k = 8
         dirs = rng.standard_normal((k, 3))
         dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
-        return cls(semi, _rotation(rng), dirs, rng.integers(1, 4, k).astype(float), rng.uniform(0, 2 * np.pi, k),
+        return cls(semi, random_rotation(rng), dirs, rng.integers(1, 4, k).astype(float), rng.uniform(0, 2 * np.pi, k),
                    rng.normal(0.0, 0.12 * irregularity, k))
 
     def q(self, offsets_mm: np.ndarray) -> np.ndarray:

@@ -28,7 +28,7 @@ from napari_medgen import (
     Volume,
 )
 from napari_medgen.acquisition import noise_sigma
-from napari_medgen.masks import ellipsoid_structure, foreground_mask, given_mask
+from napari_medgen.masks import ellipsoid_structure, foreground_mask, given_mask, random_rotation
 
 __all__ = ["ProceduralLesion", "estimate_noise_sigma"]
 
@@ -38,15 +38,6 @@ MAX_BOX_VOXELS = 60_000_000
 
 #: the scan's noise level, as measured for every family (kept here under its old name)
 estimate_noise_sigma = noise_sigma
-
-
-def _random_rotation(rng: np.random.Generator) -> np.ndarray:
-    """A uniformly random 3x3 rotation (QR of a Gaussian matrix with the sign fixed)."""
-    q, r = np.linalg.qr(rng.standard_normal((3, 3)))
-    q = q * np.sign(np.diag(r))
-    if np.linalg.det(q) < 0:
-        q[:, 0] = -q[:, 0]
-    return q
 
 
 def _fmt_point(p: np.ndarray) -> str:
@@ -234,7 +225,7 @@ class ProceduralLesion(ModelFamily):
         r_mean = diameter / 2.0
         spread = rng.normal(0.0, 0.15 + 0.25 * irregularity, 3)
         semi = r_mean * np.exp(spread - spread.mean())
-        rot = _random_rotation(rng)
+        rot = random_rotation(rng)
         amp = 0.35 * irregularity
         half_mm = float(semi.max()) * float(np.exp(2.0 * amp)) + edge / 2.0 + float(spacing.max())
         half_vox = np.ceil(half_mm / spacing).astype(int)
