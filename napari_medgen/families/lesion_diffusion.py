@@ -165,6 +165,20 @@ class Shape:
         return float(self.semi.max() * np.exp(np.abs(self.amp).sum()))
 
 
+@dataclass
+class MaskShape:
+    """A given lesion's exact voxels: its bounding box in the image and the mask inside that box."""
+
+    box: tuple[slice, ...]
+    inside: np.ndarray
+
+    def on(self, box: tuple[slice, ...]) -> np.ndarray:
+        """The lesion's voxels on a box that holds this one."""
+        out = np.zeros(tuple(b.stop - b.start for b in box), dtype=bool)
+        out[tuple(slice(a.start - b.start, a.stop - b.start) for a, b in zip(self.box, box))] = self.inside
+        return out
+
+
 class DiffusionLesion(ModelFamily):
     """Lesions rendered with the scan's own resolution, bias and noise; texture from a diffusion model."""
 
@@ -374,27 +388,31 @@ class DiffusionLesion(ModelFamily):
         lin = np.asarray(image.affine[:3, :3], dtype=float)
 
         # -- lesions: centres, sizes, shapes
-        shapes: list[Any] = []  # Shape, or a boolean voxel mask for placement 'masks'
+        shapes: list[Any] = []  # Shape, or MaskShape for placement 'masks'
         if mode == "masks":
             labels_in = np.asarray(inputs.mask.data)
             if labels_in.shape != image.shape:
                 raise InputError(f"the lesion mask has shape {labels_in.shape}, the image {image.shape}; "
                                  "it must be on the image's grid")
-            ids = [int(v) for v in np.unique(labels_in) if v != 0]
-            if not ids:
+            ids, index = np.unique(labels_in, return_inverse=True)
+            index = index.reshape(labels_in.shape)  # 0 .. len(ids) - 1, in the order of the labels' values
+            if not np.any(ids != 0):
                 raise InputError("the lesion mask is empty: it has no non-zero voxel")
             centres = []
-            for lab in ids:
-                m = labels_in == lab
-                centres.append(np.asarray(ndimage.center_of_mass(m)))
-                shapes.append(m)
+            for k, box in enumerate(ndimage.find_objects(index + 1), start=0):
+                if ids[k] == 0 or box is None:
+                    continue
+                m = index[box] == k
+                centres.append(np.asarray(ndimage.center_of_mass(m)) + [b.start for b in box])
+                shapes.append(MaskShape(box, m))
             if ((labels_in != 0) & ~fg).sum() > 0.5 * (labels_in != 0).sum():
                 raise InputError("most of the lesion mask lies outside the scan's tissue")
         else:
             n = int(params["n_lesions"])
             if mode == "points":
-                centres = self._check_points(inputs.points, image, region | (fg if kind.modality == "mr" else region),
-                                             where if kind.modality == "ct" else "scan's tissue")
+                # MR: anywhere in the imaged tissue (a lesion may be juxtacortical); CT: in the lungs
+                centres = self._check_points(inputs.points, image, fg if kind.modality == "mr" else region,
+                                             "scan's tissue" if kind.modality == "mr" else where)
                 n = len(centres)
             diameters = [float(rng.uniform(dmin, dmax)) for _ in range(n)]
             reach = _OEDEMA_REACH[1] if name == "tumour" else 1.0
@@ -407,12 +425,11 @@ class DiffusionLesion(ModelFamily):
                     f"({thickest:.0f} mm at the thickest); use smaller diameters"
                 )
             diameters = [min(d, thickest) for d in diameters]
+            radii = [d / 2.0 * reach * 1.2 for d in diameters]
             if mode == "random":
-                radii = [d / 2.0 * reach * 1.2 for d in diameters]
                 centres = self._random_centres(region, n, radii, spacing, rng, where, lin)
             elif mode == "region":
                 user = given_mask(inputs.mask, image, "to place lesions in")
-                radii = [d / 2.0 * reach * 1.2 for d in diameters]
                 centres = self._random_centres(user & fg, n, radii, spacing, rng, "given region", lin)
             for i in range(n):
                 shapes.append(Shape.random(diameters[i], kind.aspect, irregularity, rng))
@@ -440,16 +457,14 @@ class DiffusionLesion(ModelFamily):
         sigma_g = self._psf_sigmas(fwhm, spacing)
         # the point-spread function's reach (2.5 sigma) beyond the partial-volume voxel outside the mask
         margin = int(min(3, 1 + math.ceil(2.5 * float(np.max(np.sqrt(sigma_g**2 + spacing**2 / 12.0) / spacing)))))
-        median = None
+        under = _LocalLevel(data, spacing)
         records = []
         n = len(centres)
         for i, (centre, shape) in enumerate(zip(centres, shapes)):
             ctx.check_cancelled()
             ctx.progress(60 + int(38 * i / max(n, 1)), 100, f"lesion {i + 1}/{n}")
-            if median is None:
-                median = _LocalLevel(data, spacing)
             rec = self._insert(
-                out, labels, comps, data, median, fg, tissue, centre, shape, i + 1, name, kind, levels[i],
+                out, labels, comps, data, under, fg, tissue, centre, shape, i + 1, name, kind, levels[i],
                 lin, spacing, sigma_g, margin, net, params, ctx, region, (texture, texture_amp, tissue_ref),
             )
             rec["centre_world_mm"] = [float(v) for v in image.index_to_world(centre)[0]]
@@ -524,13 +539,13 @@ class DiffusionLesion(ModelFamily):
         total = (fwhm / _GAUSS_FWHM) ** 2
         return np.sqrt(np.maximum(total - spacing**2 / 12.0, 1e-6))
 
-    def _insert(self, out, labels, comps, data, median, fg, tissue, centre, shape, label, name, kind, level,
+    def _insert(self, out, labels, comps, data, level_under, fg, tissue, centre, shape, label, name, kind, level,
                 lin, spacing, sigma_g, margin, net, params, ctx, region, tex) -> dict[str, Any]:
         centre = np.asarray(centre, dtype=float)
         shape_arr = np.asarray(data.shape)
-        if isinstance(shape, np.ndarray):  # an exact voxel mask
-            idx = np.argwhere(shape)
-            lo_l, hi_l = idx.min(axis=0), idx.max(axis=0) + 1
+        if isinstance(shape, MaskShape):  # an exact voxel mask
+            lo_l = np.array([b.start for b in shape.box])
+            hi_l = np.array([b.stop for b in shape.box])
             reach_mm = 0.0
         else:
             reach = _OEDEMA_REACH[1] if name == "tumour" else 1.0
@@ -552,12 +567,12 @@ class DiffusionLesion(ModelFamily):
         axes = [lo[a] + (np.arange(fshape[a]) + 0.5) / fac[a] - 0.5 for a in range(3)]
 
         # compartment occupancy on the fine grid
-        if isinstance(shape, np.ndarray):
+        if isinstance(shape, MaskShape):
             # shape-based interpolation: the signed distance (mm) to the mask's border, linear on the
             # fine grid, negative inside. A mask holds the voxels at least half lesion, so its border
             # lies between voxel centres, and the slices at a lesion's ends taper (partial volume)
             # instead of ending in a step a whole thick slice high.
-            sub = shape[box]
+            sub = shape.on(box)
             sd = (ndimage.distance_transform_edt(~sub, sampling=spacing)
                   - ndimage.distance_transform_edt(sub, sampling=spacing)).astype(np.float32)
             coords = np.meshgrid(*[(np.arange(fshape[a]) + 0.5) / fac[a] - 0.5 for a in range(3)], indexing="ij",
@@ -586,7 +601,7 @@ class DiffusionLesion(ModelFamily):
 
         # the anatomy under the lesion: a local Gaussian mean (linear, so the scan's noise left inside the
         # lesion is the scan's own, not a median filter's high-passed residue)
-        under = median.get(box)
+        under = level_under.get(box)
 
         def up(a):
             return np.repeat(np.repeat(np.repeat(a, fac[0], 0), fac[1], 1), fac[2], 2)
@@ -616,10 +631,10 @@ class DiffusionLesion(ModelFamily):
             occ_all += occ_k[k]
         lesion_vox = occ_all >= 0.5
         cidx = tuple(int(v) for v in np.clip(np.round(centre).astype(int) - lo, 0, np.asarray(bshape) - 1))
-        if not isinstance(shape, np.ndarray):
+        if not isinstance(shape, MaskShape):
             lesion_vox[cidx] = True  # a lesion always holds its own centre voxel
         else:
-            lesion_vox = shape[box].copy()
+            lesion_vox = shape.on(box)
         # the stated rule: nothing further than `margin` face-connected steps from the returned mask
         zone = ndimage.binary_dilation(lesion_vox, iterations=margin)
         delta[~zone] = 0.0
