@@ -22,13 +22,15 @@ __all__ = [
     "tissue_texture",
     "band_pass",
     "FWHM_PER_SPACING",
+    "FWHM_PER_SIGMA",
 ]
 
 _MAD_TO_SIGMA = 1.4826
 #: the resolution assumed along the sharpest axis, in voxels (an acquisition sampled at its
 #: own resolution); the other axes are measured relative to it
 FWHM_PER_SPACING = 1.0
-_GAUSS_FWHM = 2.0 * np.sqrt(2.0 * np.log(2.0))
+#: a Gaussian's full width at half maximum per standard deviation
+FWHM_PER_SIGMA = float(2.0 * np.sqrt(2.0 * np.log(2.0)))
 
 
 def _laplacian_kernel(axes: Sequence[int] = (0, 1, 2)) -> np.ndarray:
@@ -162,8 +164,8 @@ def effective_fwhm(
         check()
         extra = 0.5 * (lo_s + hi_s)
         # at least the voxel's own integration (a box of its size) on top of the sharpest axis' blur
-        floor = _GAUSS_FWHM * np.sqrt(sp[axis] ** 2 / 12.0 + (base / _GAUSS_FWHM) ** 2 - sp[ref] ** 2 / 12.0)
-        out.append(float(max(np.hypot(base, _GAUSS_FWHM * extra), floor)))
+        floor = FWHM_PER_SIGMA * np.sqrt(sp[axis] ** 2 / 12.0 + (base / FWHM_PER_SIGMA) ** 2 - sp[ref] ** 2 / 12.0)
+        out.append(float(max(np.hypot(base, FWHM_PER_SIGMA * extra), floor)))
     return out
 
 

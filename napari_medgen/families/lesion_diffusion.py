@@ -33,7 +33,15 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from ..acquisition import band_pass, effective_fwhm, looks_like_ct, noise_sigma, tissue_levels, tissue_texture
+from ..acquisition import (
+    FWHM_PER_SIGMA,
+    band_pass,
+    effective_fwhm,
+    looks_like_ct,
+    noise_sigma,
+    tissue_levels,
+    tissue_texture,
+)
 from ..errors import InputError, ParamError
 from ..family import (
     RESEARCH_USE,
@@ -52,7 +60,6 @@ from ..volume import Volume
 
 __all__ = ["DiffusionLesion", "LESION_TYPES", "PRESETS"]
 
-_GAUSS_FWHM = 2.0 * math.sqrt(2.0 * math.log(2.0))
 
 
 @dataclass(frozen=True)
@@ -536,7 +543,7 @@ class DiffusionLesion(ModelFamily):
     @staticmethod
     def _psf_sigmas(fwhm: np.ndarray, spacing: np.ndarray) -> np.ndarray:
         """The Gaussian part of each axis' point-spread function (mm), the voxel's box being the rest."""
-        total = (fwhm / _GAUSS_FWHM) ** 2
+        total = (fwhm / FWHM_PER_SIGMA) ** 2
         return np.sqrt(np.maximum(total - spacing**2 / 12.0, 1e-6))
 
     def _insert(self, out, labels, comps, data, level_under, fg, tissue, centre, shape, label, name, kind, level,
@@ -844,7 +851,7 @@ class DiffusionLesion(ModelFamily):
 
         sched = _scheduler()
         lo, hi = net.scale
-        k = 2 ** (len(net.block_out_channels) - 1) if hasattr(net, "block_out_channels") else 4
+        k = 2 ** (len(net.block_out_channels) - 1)  # the U-Net halves the grid this many times
         shp = np.asarray(scan_box.shape)
         padw = [(0, int(-s % k)) for s in shp]
         base = np.pad((scan_box - lo) / (hi - lo) * 2.0 - 1.0, padw, mode="reflect").astype(np.float32)
