@@ -497,16 +497,6 @@ def _finite3(value: Any) -> np.ndarray | None:
     return arr if arr.size == 3 and np.all(np.isfinite(arr)) else None
 
 
-def _file_ijk(volume, xyz: np.ndarray) -> np.ndarray | None:
-    """World RAS+ mm -> voxel indices of the NIfTI file the volume was read from (None: not a NIfTI)."""
-    src = (volume.metadata.get("nifti") or {}) if volume is not None else {}
-    if src.get("source_affine") is None:
-        return None
-    aff = np.asarray(src["source_affine"], dtype=float).copy()
-    aff[:3, :] *= float(src.get("unit_to_mm", 1.0))
-    return np.linalg.solve(aff[:3, :3], xyz - aff[:3, 3])
-
-
 def _csv_value(value: Any) -> str:
     """A lesion field as one CSV cell: numbers as they are, lists flattened as ``a;b;c``."""
     if isinstance(value, np.ndarray):
@@ -534,6 +524,8 @@ def lesion_rows(variant: int, seed: int, files: dict[str, str], lesions: Sequenc
     else from ``centre_index``) and ``i, j, k``, the voxel indices of the input NIfTI file as
     stored on disk (the convention of ``--points``; empty for a DICOM input).
     """
+    from .io.nifti import world_xyz_to_nifti_ijk
+
     rows = []
     for lesion in lesions:
         lesion = dict(lesion)
@@ -543,7 +535,7 @@ def lesion_rows(variant: int, seed: int, files: dict[str, str], lesions: Sequenc
             world = volume.index_to_world(index)[0]
         xyz = world[::-1] if world is not None else None
         exact = volume.index_to_world(index)[0][::-1] if index is not None and volume is not None else xyz
-        ijk = _file_ijk(volume, exact) if exact is not None else None
+        ijk = world_xyz_to_nifti_ijk(volume, exact) if exact is not None else None
         row: dict[str, Any] = {
             "variant": variant,
             "seed": seed,

@@ -617,13 +617,29 @@ def nifti_ijk_to_index(volume: Volume, ijk: np.ndarray) -> np.ndarray:
     pts = np.atleast_2d(np.asarray(ijk, dtype=float))
     if pts.shape[-1] != 3:
         raise InputError(f"voxel indices need three values (i, j, k) per point, got shape {pts.shape}")
-    src = volume.metadata.get("nifti") or {}
-    if src.get("source_affine") is None:
+    aff = _source_affine_mm(volume)
+    if aff is None:
         raise InputError(
             f"'{volume.name or 'this volume'}' was not read from a NIfTI file, so file voxel indices "
             "have no meaning; give world (x, y, z) mm coordinates instead"
         )
-    aff = np.asarray(src["source_affine"], dtype=float).copy()
-    aff[:3, :] *= float(src.get("unit_to_mm", 1.0))
     xyz = pts @ aff[:3, :3].T + aff[:3, 3]
     return world_xyz_to_index(volume, xyz)
+
+
+def _source_affine_mm(volume: Volume | None) -> np.ndarray | None:
+    """The affine of the NIfTI file the volume was read from, in mm (None: not read from NIfTI)."""
+    src = (volume.metadata.get("nifti") or {}) if volume is not None else {}
+    if src.get("source_affine") is None:
+        return None
+    aff = np.asarray(src["source_affine"], dtype=float).copy()
+    aff[:3, :] *= float(src.get("unit_to_mm", 1.0))
+    return aff
+
+
+def world_xyz_to_nifti_ijk(volume: Volume | None, xyz: np.ndarray) -> np.ndarray | None:
+    """World RAS+ mm -> voxel indices of the NIfTI file the volume was read from (None: not a NIfTI)."""
+    aff = _source_affine_mm(volume)
+    if aff is None:
+        return None
+    return np.linalg.solve(aff[:3, :3], np.asarray(xyz, dtype=float) - aff[:3, 3])
