@@ -22,6 +22,7 @@ from .errors import Cancelled, ParamError
 from .volume import Volume
 
 __all__ = [
+    "AUTO",
     "Task",
     "Param",
     "InputSpec",
@@ -55,6 +56,8 @@ class Task(str, enum.Enum):
         }[self.value]
 
 
+#: the value of a parameter with ``auto``: the family works it out
+AUTO = "auto"
 _KINDS = {"int": int, "float": float, "bool": bool, "str": str, "choice": str}
 
 
@@ -64,6 +67,8 @@ class Param:
 
     ``kind`` is one of ``int``, ``float``, ``bool``, ``str`` or ``choice`` (then
     ``choices`` lists the allowed strings). ``minimum``/``maximum`` bound numbers.
+    ``auto`` (numbers only): the value may also be the string ``"auto"``, which the family
+    works out itself; ``auto`` says how, in words (the dock shows it beside an "auto" check box).
     """
 
     name: str
@@ -79,6 +84,8 @@ class Param:
     path: Literal["", "read", "write"] = ""
     #: for a path: the files it stands for are ``<value without suffix><suffix>`` for each suffix
     suffixes: tuple[str, ...] = ()
+    #: numbers only: "auto" is also a valid value, described by this text (e.g. "estimated from the scan")
+    auto: str = ""
 
     def __post_init__(self) -> None:
         if not self.name.isidentifier():
@@ -89,6 +96,8 @@ class Param:
             raise ParamError(f"parameter {self.name!r}: kind 'choice' needs choices")
         if self.path not in ("", "read", "write") or (self.path and self.kind != "str"):
             raise ParamError(f"parameter {self.name!r}: path must be '', 'read' or 'write' on a 'str' parameter")
+        if self.auto and self.kind not in ("int", "float"):
+            raise ParamError(f"parameter {self.name!r}: 'auto' is for int and float parameters")
         # the default must itself be valid
         object.__setattr__(self, "default", self.validate(self.default))
 
@@ -125,6 +134,8 @@ class Param:
     def parse(self, text: str) -> Any:
         """Parse a command-line string into a validated value."""
         text = text.strip()
+        if self.auto and text.lower() == "auto":
+            return AUTO
         if self.kind == "bool":
             low = text.lower()
             if low in {"1", "true", "yes", "on"}:
@@ -151,13 +162,16 @@ class Param:
     def validate(self, value: Any) -> Any:
         """Return ``value`` coerced to the declared type, or raise :class:`ParamError`."""
         name = self.name
+        if self.auto and isinstance(value, str) and value.strip().lower() == AUTO:
+            return AUTO
         if self.kind == "bool":
             if isinstance(value, (bool, np.bool_)):
                 return bool(value)
             raise ParamError(f"parameter {name!r} expects true/false, got {value!r}")
         if self.kind in ("int", "float"):
             if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-                raise ParamError(f"parameter {name!r} expects a number, got {value!r}")
+                also = " or 'auto'" if self.auto else ""
+                raise ParamError(f"parameter {name!r} expects a number{also}, got {value!r}")
             if self.kind == "int":
                 if float(value) != int(value):
                     raise ParamError(f"parameter {name!r} expects an integer, got {value!r}")
@@ -186,6 +200,7 @@ class Param:
             "choices": list(self.choices),
             "unit": self.unit,
             "path": self.path,
+            "auto": self.auto,
         }
 
 

@@ -180,6 +180,11 @@ def run_family(
     )
     ctx.device = dev
     ctx.overwrite = bool(overwrite)
+    import torch  # already imported by the device module
+
+    # the weights a family initialises before training draw from torch's global generator: seeded here,
+    # a step-limited run is the same run every time (the trainer seeds again for its own draws)
+    torch.manual_seed(int(ctx.seed))
     started = _dt.datetime.now(_dt.timezone.utc)
     ro = readonly_inputs(inputs)
     try:
@@ -213,6 +218,8 @@ def run_family(
         "napari_medgen_version": __version__,
         "intended_use": family.intended_use,
     }
+    if result.info.get("fallback"):  # the output is not what the family's model makes (e.g. plain interpolation)
+        provenance["fallback"] = str(result.info["fallback"])
     result.info.setdefault("provenance", provenance)
     for out in result.outputs:
         meta = dict(out.volume.metadata)

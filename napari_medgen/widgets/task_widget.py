@@ -17,6 +17,7 @@ import logging
 import os
 import threading
 import weakref
+from dataclasses import replace
 from functools import partial
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -35,7 +36,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..errors import Cancelled, MedGenError
-from ..family import Inputs, ModelFamily, Param, Result, Task
+from ..family import AUTO, Inputs, ModelFamily, Param, Result, Task
 from ..io.napari_io import HEATMAP_COLORMAP_NAME, layer_to_volume, volume_to_layer_data
 from ..masks import mask_input
 from ..registry import FamilyEntry, get_registry
@@ -61,8 +62,53 @@ def _synchronous() -> bool:
     return SYNCHRONOUS or os.environ.get("MEDGEN_SYNC_WORKERS", "") not in ("", "0")
 
 
+class AutoValue(mw.Container):
+    """A number field with an "auto" check box beside it: the value is "auto" or the number.
+
+    For parameters that the family can work out itself (``Param.auto``); while "auto" is
+    ticked the number field is disabled, so nothing on screen says "0 means auto".
+    """
+
+    def __init__(self, number: mw.ValueWidget, param: Param) -> None:
+        self.auto_box = mw.CheckBox(value=True, text="auto", tooltip=f"auto: {param.auto}")
+        self.number = number
+        super().__init__(widgets=[self.auto_box, number], layout="horizontal", labels=False,
+                         label=param.display, tooltip=param.help or None)
+        self.margins = (0, 0, 0, 0)
+        self.auto_box.changed.connect(self._sync)
+        self._sync()
+
+    def _sync(self, *_: Any) -> None:
+        self.number.enabled = not self.auto_box.value
+
+    @property
+    def value(self) -> Any:
+        return AUTO if self.auto_box.value else self.number.value
+
+    @value.setter
+    def value(self, value: Any) -> None:
+        if isinstance(value, str) and value.strip().lower() == AUTO:
+            self.auto_box.value = True
+        else:
+            self.number.value = value
+            self.auto_box.value = False
+
+
 def param_widget(param: Param) -> mw.ValueWidget:
     """The magicgui widget for one declared parameter."""
+    if param.auto:
+        start = param.default
+        if start == AUTO:  # the number field's value before the user unticks "auto"
+            start = param.minimum if param.minimum is not None else 0
+            start = int(start) if param.kind == "int" else float(start)
+        plain = replace(param, auto="", default=start)
+        number = param_widget(plain)
+        number.label = ""
+        w = AutoValue(number, param)
+        w.name = param.name
+        if param.default != AUTO:
+            w.value = param.default
+        return w
     label = param.display
     tooltip = param.help or None
     if param.kind == "bool":
@@ -238,11 +284,15 @@ class TaskWidget(ScrollDock):
         self.device_label = QLabel("")
         self.device_label.setWordWrap(True)
         form2.addRow("", self.device_label)
-        self.seed_box = mw.SpinBox(value=0, min=0, max=2**31 - 1, tooltip="random seed: same seed, same result")
+        self.seed_box = mw.SpinBox(value=0, min=0, max=2**31 - 1, tooltip=(
+            "random seed. With a step limit and no time budget, the same seed gives the same result on the same "
+            "machine and software; a time budget makes the number of training steps (hence the result) depend on "
+            "the machine's speed and load"))
         form2.addRow("Seed", self.seed_box.native)
-        self.budget_box = mw.FloatSpinBox(
-            value=0.0, min=0.0, max=86400.0, step=30.0, tooltip="training time budget in seconds for learned families (0 = the family preset's default)"
-        )
+        self.budget_box = param_widget(Param(
+            "time_budget", "float", AUTO, minimum=10.0, maximum=86400.0, unit="s",
+            auto="the family preset's training time, or only its step limit when one is set",
+            help="training time of learned families, in seconds (untick auto to set it)"))
         form2.addRow("Time budget (s)", self.budget_box.native)
         root.addLayout(form2)
         buttons = QHBoxLayout()
@@ -333,12 +383,14 @@ class TaskWidget(ScrollDock):
         text = f"shape {' x '.join(map(str, shape))}, spacing {' x '.join(f'{s:.3g}' for s in sp)} mm"
         if len(sp) == 3:
             params = self.params()
-            text += "".join("<br>" + describe(sp, params) for describe, _ in self._summary_parts)
+            text += "".join("<br>" + describe(layer, params) for describe, _ in self._summary_parts)
         self.summary.setText(text)
 
-    def add_summary_part(self, describe: Callable[[tuple[float, ...], dict[str, Any]], str],
-                         watch: Sequence[str] = ()) -> None:
-        """Add a task-specific line under the input summary (e.g. SR's plan), redrawn when ``watch`` params change."""
+    def add_summary_part(self, describe: Callable[[Any, dict[str, Any]], str], watch: Sequence[str] = ()) -> None:
+        """Add a task-specific line under the input summary (e.g. SR's plan), redrawn when ``watch`` params change.
+
+        ``describe(layer, params)`` gets the selected 3D image layer and the current parameters.
+        """
         self._summary_parts.append((describe, tuple(watch)))
         self._on_family_changed()
 
@@ -480,7 +532,7 @@ class TaskWidget(ScrollDock):
             return
         device = self.device_combo.value
         seed = int(self.seed_box.value)
-        budget = float(self.budget_box.value) or None
+        budget = None if self.budget_box.value == AUTO else float(self.budget_box.value)
         self._cancel = threading.Event()
         run = self._start_run(entry.family)
         bridge = self._bridge
