@@ -24,7 +24,7 @@ import math
 
 from .errors import InputError, ParamError
 
-__all__ = ["Volume", "resample_geometry", "parse_target_spacing", "MIN_SPACING_MM", "MAX_SPACING_MM"]
+__all__ = ["Volume", "slice_planes", "PLANES", "resample_geometry", "parse_target_spacing", "MIN_SPACING_MM", "MAX_SPACING_MM"]
 
 #: Spacings outside this range (mm) are refused as a probable unit or header error
 #: (1 micrometre to 10 cm: no scanner acquires a voxel a metre wide).
@@ -126,6 +126,27 @@ class Volume:
             shift[:3, 3] = np.asarray(self.origin)
             kwargs["affine"] = shift @ rot @ np.linalg.inv(shift)
         return kwargs
+
+
+#: the slices perpendicular to the world's S, A and R axes (napari world order z, y, x)
+PLANES = ("axial", "coronal", "sagittal")
+
+
+def slice_planes(affine: np.ndarray) -> list[str]:
+    """For each array axis, the name of the slices perpendicular to it ("axial", "coronal", "sagittal").
+
+    Read from the direction of the axis in the world (the closest of S, A, R: a thick axial
+    acquisition is coarse along S). With a plain scale and no orientation the napari order is
+    taken as (S, A, R), the convention of every reader here. Where two axes point closest to the
+    same world axis (a strongly oblique scan) the names fall back to that order.
+    """
+    direction = np.asarray(affine, dtype=float)[:3, :3]
+    norms = np.linalg.norm(direction, axis=0)
+    direction = direction / np.where(norms == 0, 1.0, norms)
+    closest = [int(np.argmax(np.abs(direction[:, a]))) for a in range(3)]
+    if len(set(closest)) < 3:
+        closest = [0, 1, 2]
+    return [PLANES[c] for c in closest]
 
 
 def resample_geometry(volume: Volume, target_spacing: Sequence[float]) -> tuple[tuple[int, int, int], np.ndarray]:

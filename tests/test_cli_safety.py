@@ -352,6 +352,7 @@ def test_11_quiet_leaves_only_the_result_warning(capsys, tmp_path):
                              "--param", "max_steps=2")
     assert code == 0 and out == ""
     assert err.startswith("medgen: warning:") and "B-spline" in err and len(err.strip().splitlines()) == 1
+    assert "mean error" in err  # with the figures
 
 
 def test_11_several_references_after_one_flag(capsys, scans, tmp_path):

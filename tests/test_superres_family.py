@@ -44,8 +44,14 @@ def test_bspline_interpolates_the_samples_and_degrade_keeps_shape():
 def test_slice_axis_detection():
     assert find_slice_axis((1.0, 1.0, 4.0), "auto") == 2
     assert find_slice_axis((5.0, 0.9, 0.9), "auto") == 0
-    with pytest.raises(InputError, match="no thick-slice axis"):
+    # the slice orientation in anatomical words (the names of the slices across each array axis)
+    assert find_slice_axis((1.0, 1.0, 4.0), "sagittal") == 2
+    assert find_slice_axis((1.0, 4.0, 1.0), "coronal", ["axial", "coronal", "sagittal"]) == 1
+    with pytest.raises(InputError, match="isotropic"):
         find_slice_axis((1.0, 1.0, 1.0), "auto")
+    # forcing slices that are not the thick ones says which are, not "isotropic"
+    with pytest.raises(InputError, match="axial slices .* are not the thick ones.*thick slices are sagittal"):
+        find_slice_axis((1.0, 1.0, 4.0), "axial")
 
 
 @pytest.mark.slow
@@ -93,7 +99,7 @@ def test_explicit_target_spacing_and_isotropic_input(family, truth):
     res = run_family(family, Inputs(image=thick), {"max_steps": 5, "target_spacing": "2,2,2"})
     np.testing.assert_allclose(res.primary.volume.spacing, (2.0, 2.0, 2.0))
     assert res.primary.volume.shape == (24, 28, 28)
-    with pytest.raises(InputError, match="no thick-slice axis"):
+    with pytest.raises(InputError, match="isotropic: no axis is coarser"):
         run_family(family, Inputs(image=vol), {"max_steps": 5})
 
 
@@ -172,17 +178,90 @@ def test_cli_runs_the_family(tmp_path, truth, capsys):
     assert result.shape[0] == 48
 
 
-def test_an_untrained_network_never_makes_it_worse_than_bspline(family, truth):
-    """Too little training: the held-out check falls back to B-spline interpolation and says so."""
+def test_an_untrained_network_never_makes_it_worse_than_bspline(family, truth, tmp_path):
+    """Too little training: the held-out check falls back to B-spline interpolation and says so for good."""
+    import nibabel as nib
+
     from napari_medgen.families.superres import bspline_resample_axis0
+    from napari_medgen.io.nifti import write_nifti
 
     vol, _ = truth
     thick = simulate_thick_slices(vol, 4.0, axis=0)
     res = run_family(family, Inputs(image=thick), {"max_steps": 1}, time_budget=3600)
-    assert "did not beat B-spline" in res.info["warning"]
+    assert "fell back to B-spline interpolation" in res.info["warning"] and "after 1 training steps" in res.info["warning"]
     assert res.info["validation"]["l1_network"] >= res.info["validation"]["l1_bspline"]
     out = res.primary.volume
+    # the result says what it is: in its name, its provenance and the header of a saved file
+    assert "B-spline" in out.name and "SR fallback" in out.name
+    assert "B-spline" in out.metadata["medgen"]["fallback"]
+    saved = write_nifti(out, tmp_path / "sr.nii.gz")
+    descrip = nib.load(saved).header["descrip"][()].decode()
+    assert "medgen.selfsr" in descrip and "FALLBACK: B-spline" in descrip
     mapping = np.linalg.inv(thick.affine) @ out.affine
     t = mapping[0, 0] * np.arange(out.shape[0]) + mapping[0, 3]
     expected = np.clip(bspline_resample_axis0(thick.data, t), thick.data.min(), thick.data.max())
     np.testing.assert_allclose(out.data, expected, atol=1e-5)
+
+
+def _isotropic_phantom(n: int = 128, seed: int = 0) -> Volume:
+    """A ball of tissue-like texture with the same statistics in every direction (detail at 1-8 mm)."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    texture = np.zeros((n, n, n), np.float32)
+    for scale in (1.0, 2.0, 4.0, 8.0):
+        t = ndimage.gaussian_filter(rng.normal(size=(n, n, n)).astype(np.float32), scale)
+        texture += t / t.std()
+    z, y, x = np.mgrid[:n, :n, :n] - n / 2
+    ball = (z**2 + y**2 + x**2) < (0.45 * n) ** 2
+    return Volume.from_spacing(np.where(ball, 1.0 + 0.08 * texture, 0.0).astype(np.float32), (1.0, 1.0, 1.0))
+
+
+@pytest.mark.parametrize("axis", [0, 2])
+def test_slice_profile_is_estimated_from_the_scan_within_half_a_millimetre(axis):
+    """Known FWHM and gap on a phantom: the estimate is within the stated 0.5 mm, without being told."""
+    from napari_medgen.acquisition import estimate_slice_profile
+
+    vol = _isotropic_phantom()
+    for fwhm, gap in [(3.0, 0.0), (4.0, 0.0), (6.0, 0.0), (3.0, 1.0)]:
+        thick = simulate_thick_slices(vol, fwhm, axis=axis, gap_mm=gap)
+        profile = estimate_slice_profile(thick.data, thick.spacing, axis)
+        assert profile.source == "estimated" and profile.spacing_mm == pytest.approx(fwhm + gap)
+        assert abs(profile.fwhm_mm - fwhm) <= 0.5, (fwhm, gap, profile.record())
+        assert profile.gap_mm == pytest.approx(max(0.0, fwhm + gap - profile.fwhm_mm))
+
+
+def test_blind_profile_is_reported_and_a_given_one_is_used(family, truth):
+    vol, _ = truth
+    thick = simulate_thick_slices(vol, 3.0, axis=0, gap_mm=1.0)
+    blind = run_family(family, Inputs(image=thick), {"max_steps": 2})
+    profile = blind.info["slice_profile"]
+    # 12 slices of a blob phantom: a rough estimate, flagged as such (the accuracy test is above)
+    assert profile["source"] == "estimated" and 1.5 < profile["fwhm_mm"] < 6.0
+    assert profile["slices"] == 12 and "uncertain" in profile["note"]
+    assert blind.info["slice_thickness_mm"] == pytest.approx(profile["fwhm_mm"], abs=1e-3)
+    assert blind.info["provenance"]["params"]["slice_thickness"] == "auto"
+    given = run_family(family, Inputs(image=thick), {"max_steps": 2, "slice_thickness": 3.0})
+    assert given.info["slice_profile"]["source"] == "given" and given.info["gap_mm"] == pytest.approx(1.0)
+
+
+def test_a_step_limit_without_a_time_budget_is_reproducible(family, truth):
+    """Same seed and step limit, no time budget: the same result, whatever the machine's speed."""
+    from napari_medgen.families.superres import SelfSupervisedSR
+
+    vol, _ = truth
+    thick = simulate_thick_slices(vol, 4.0, axis=0)
+    runs = [run_family(family, Inputs(image=thick), {"max_steps": 12}, seed=5) for _ in range(2)]
+    assert [r.info["training"]["steps"] for r in runs] == [12, 12]
+    assert runs[0].info["training"]["final_loss"] == runs[1].info["training"]["final_loss"]
+    np.testing.assert_array_equal(runs[0].primary.volume.data, runs[1].primary.volume.data)
+    assert SelfSupervisedSR().param("max_steps").default == "auto"
+
+
+def test_slice_orientation_in_anatomical_words(family, truth):
+    vol, _ = truth
+    thick = simulate_thick_slices(vol, 4.0, axis=2)  # (S, A, R) order: thick along R = sagittal slices
+    res = run_family(family, Inputs(image=thick), {"max_steps": 2, "slice_axis": "sagittal"})
+    assert res.info["slice_orientation"] == "sagittal" and res.info["slice_axis"] == 2
+    with pytest.raises(InputError, match="axial slices .* are not the thick ones.*sagittal"):
+        run_family(family, Inputs(image=thick), {"max_steps": 2, "slice_axis": "axial"})

@@ -73,6 +73,25 @@ def test_dock_runs_in_a_thread_to_the_end_without_an_error_popup(
     assert out.name != layer.name
 
 
+def test_superres_fallback_is_a_warning_in_the_dock_and_in_the_layer(make_napari_viewer, qtbot, thick_phantom):
+    """Too little training, threaded as a user runs it: the dock warns with the figures; the layer says B-spline."""
+    viewer = make_napari_viewer()
+    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "Super-resolution")
+    _add(viewer, thick_phantom, "thick")
+    w.image_combo.value = "thick"
+    w.set_params(max_steps=1)
+    with qtbot.capture_exceptions() as exceptions:
+        w.run()
+        qtbot.waitUntil(lambda: not w._running, timeout=120_000)
+        qtbot.wait(300)
+    assert not exceptions and w.last_error == ""
+    status = w.status.text()
+    assert "Warning" in status and "fell back to B-spline" in status and "mean error" in status
+    out = viewer.layers[-1]
+    assert out.name == "thick (B-spline, SR fallback)"
+    assert "B-spline" in out.metadata["medgen"]["fallback"]
+
+
 def test_run_ending_inside_a_progress_update_is_harmless(make_napari_viewer):
     """napari's bar processes events inside set_description/update: the run may end right there."""
     from napari_medgen.widgets._run_progress import RunProgress

@@ -263,7 +263,19 @@ def test_superres_dock_learned_family_shows_plan_loss_and_compare(viewer, thick_
     assert w.entry.id == "medgen.selfsr"  # the learned family is the default
     w.image_combo.value = "thick"
     summary = w.summary.text()
-    assert "slice axis 0 (3 mm)" in summary and "1 x 1 x 1 mm" in summary and "3x" in summary
+    assert "thick axial slices, 3 mm apart (napari axis 0)" in summary and "1 x 1 x 1 mm" in summary
+    assert "3x" in summary
+    # the slice profile estimated from the scan is on screen before Run; a given one replaces it
+    assert "slice profile: FWHM" in summary and "estimated from the scan" in summary
+    w.set_params(slice_thickness=2.0)
+    assert "FWHM 2.0 mm (given, gap 1.0 mm)" in w.summary.text()
+    w.set_params(slice_thickness="auto")
+    # auto is a visible choice, not a magic number; forcing slices that are not thick says so
+    assert w._param_widgets["slice_thickness"].auto_box.value is True
+    assert not w._param_widgets["slice_thickness"].number.enabled
+    w.set_params(slice_axis="sagittal")
+    assert "sagittal slices" in w.summary.text() and "not the thick ones" in w.summary.text()
+    w.set_params(slice_axis="auto")
     w.set_params(max_steps=30)
     w.run()
     assert w.last_error == "", w.last_error

@@ -19,14 +19,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from dataclasses import replace
+from typing import Any, Sequence
 
 import numpy as np
 from scipy import ndimage
 
+from ..acquisition import SliceProfile, estimate_slice_profile
 from ..errors import InputError, ParamError, WeightsError
-from ..family import RESEARCH_USE, Inputs, ModelFamily, Output, Param, Result, RunContext, Task
-from ..volume import Volume, parse_target_spacing, resample_geometry
+from ..family import AUTO, RESEARCH_USE, Inputs, ModelFamily, Output, Param, Result, RunContext, Task
+from ..volume import PLANES, Volume, parse_target_spacing, resample_geometry, slice_planes
 
 __all__ = ["SelfSupervisedSR", "PRESETS", "bspline_resample_axis0", "degrade_axis0", "find_slice_axis"]
 
@@ -58,13 +60,8 @@ PRESETS: dict[str, Preset] = {
 
 
 # -- the degradation model, shared by training and inference ---------------------------------
-def _mirror(idx: np.ndarray, n: int) -> np.ndarray:
-    """Mirror indices into [0, n-1] the way scipy's 'mirror' mode does (-1 -> 1, n -> n-2)."""
-    if n == 1:
-        return np.zeros_like(idx)
-    period = 2 * (n - 1)
-    idx = np.mod(idx, period)
-    return np.where(idx >= n, period - idx, idx)
+#: edge slices repeated on each side before the spline prefilter (its boundary effect fades within them)
+_EDGE_PAD = 4
 
 
 def bspline_resample_axis0(arr: np.ndarray, t: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -72,17 +69,23 @@ def bspline_resample_axis0(arr: np.ndarray, t: np.ndarray, out: np.ndarray | Non
 
     Evaluated slice by slice (memory: the coefficients plus the output). The same function
     upsamples training patches and the real scan, so the network sees identical artefacts.
+    Beyond the first and last slice the edge slice is repeated (as ``map_coordinates`` with
+    ``mode="nearest"`` and classic.cubic do): a mirrored continuation would invent anatomy
+    where a cropped field of view cuts through it.
     """
     arr = np.asarray(arr, dtype=np.float32)
+    pad = _EDGE_PAD if arr.shape[0] > 1 else 0
+    if pad:
+        arr = np.concatenate([np.repeat(arr[:1], pad, axis=0), arr, np.repeat(arr[-1:], pad, axis=0)])
     n = arr.shape[0]
     coeffs = ndimage.spline_filter1d(arr, order=3, axis=0, mode="mirror", output=np.float32) if n > 1 else arr
-    t = np.asarray(t, dtype=np.float64)
+    t = np.asarray(t, dtype=np.float64) + pad
     i0 = np.floor(t).astype(np.int64)
     f = (t - i0).astype(np.float32)
     w = np.stack(
         [(1 - f) ** 3 / 6, (3 * f**3 - 6 * f**2 + 4) / 6, (-3 * f**3 + 3 * f**2 + 3 * f + 1) / 6, f**3 / 6]
     )
-    idx = np.stack([_mirror(i0 + k, n) for k in (-1, 0, 1, 2)])
+    idx = np.stack([np.clip(i0 + k, 0, n - 1) for k in (-1, 0, 1, 2)])
     if out is None:
         out = np.empty((len(t),) + arr.shape[1:], dtype=np.float32)
     if arr.ndim == 1 or out[0].size < 4096:  # small arrays (training patches): vectorised
@@ -112,18 +115,38 @@ def degrade_axis0(hr: np.ndarray, ratio: float, sigma: float, phase: float) -> n
     return bspline_resample_axis0(low, (np.arange(n) - phase) / ratio)
 
 
-def find_slice_axis(spacing: tuple[float, ...], choice: str) -> int:
-    """The low-resolution (slice) axis: the coarsest one, or the user's choice."""
+def find_slice_axis(spacing: tuple[float, ...], choice: str, planes: Sequence[str] = PLANES) -> int:
+    """The array axis across the thick slices: the coarsest one, or the one of the user's slice orientation.
+
+    ``choice`` is "auto", a plane name of ``planes`` (the name of the slices perpendicular
+    to each array axis, see :func:`~napari_medgen.volume.slice_planes`) or an array axis "0"-"2".
+    """
     sp = np.asarray(spacing, dtype=float)
-    if choice != "auto":
+    planes = list(planes)
+    coarsest = int(np.argmax(sp))
+    if choice == "auto":
+        axis = coarsest
+    elif choice in planes:
+        axis = planes.index(choice)
+    elif choice in ("0", "1", "2"):
         axis = int(choice)
     else:
-        axis = int(np.argmax(sp))
-    inplane = np.delete(sp, axis)
-    if sp[axis] < 1.05 * inplane.min():
+        raise ParamError(f"slice orientation must be auto, {', '.join(planes)}; got {choice!r}")
+
+    def thick(a: int) -> bool:
+        return bool(sp[a] >= 1.05 * np.delete(sp, a).min())
+
+    if not thick(axis):
+        spacing_text = " x ".join(f"{v:.3g}" for v in sp)
+        if choice != "auto" and thick(coarsest):
+            raise InputError(
+                f"the {planes[axis]} slices (napari axis {axis}, {sp[axis]:.3g} mm apart) are not the thick ones: "
+                f"this scan's thick slices are {planes[coarsest]} ({sp[coarsest]:.3g} mm apart, napari axis "
+                f"{coarsest}); choose 'auto' or '{planes[coarsest]}'"
+            )
         raise InputError(
-            f"the spacing {tuple(round(float(s), 3) for s in sp)} mm is not coarser along axis {axis} than in-plane; "
-            "there is no thick-slice axis to super-resolve (pick the slice axis or use a classic resampler)"
+            f"the spacing {spacing_text} mm is (near-)isotropic: no axis is coarser than the others, so there are "
+            "no thick slices to super-resolve (a classic resampler changes the spacing)"
         )
     return axis
 
@@ -228,11 +251,17 @@ class SelfSupervisedSR(ModelFamily):
         Param("preset", "choice", "fast", choices=tuple(PRESETS), help="fast: ~3 min of CPU training; quality: GPU"),
         Param("target_spacing", "str", "auto", unit="mm",
               help="'auto' = isotropic at the finest in-plane spacing; one number or 'z,y,x'"),
-        Param("slice_axis", "choice", "auto", choices=("auto", "0", "1", "2"),
-              help="the thick-slice axis; auto = the coarsest spacing"),
-        Param("slice_thickness", "float", 0.0, minimum=0.0, maximum=50.0, unit="mm",
-              help="FWHM of the slice profile; 0 = the slice spacing (no gap). Gap = spacing - thickness"),
-        Param("max_steps", "int", 0, minimum=0, maximum=10_000_000, help="training step limit; 0 = the preset's"),
+        Param("slice_axis", "choice", "auto", choices=("auto", *PLANES), label="thick slices",
+              help="orientation of the thick slices, read from the scan's orientation; auto = the coarsest spacing"),
+        Param("slice_thickness", "float", AUTO, minimum=0.1, maximum=50.0, unit="mm",
+              auto="estimated from the scan (its in-plane detail, blurred and sampled like the slices, is matched "
+                   "to the through-plane detail)",
+              help="FWHM of the slice profile (gap = slice spacing - thickness). Untick auto to give it, e.g. from "
+                   "the protocol; DICOM SliceThickness is often missing or wrong"),
+        Param("max_steps", "int", AUTO, minimum=1, maximum=10_000_000, label="training steps",
+              auto="the preset's training time (fast: 3 minutes)",
+              help="a step limit for training. With a step limit and no time budget, the same seed gives the same "
+                   "result"),
         Param("model_file", "str", "", help="reuse a saved model (.safetensors) instead of training",
               path="read", suffixes=(".safetensors", ".json")),
         Param("save_model", "str", "", help="save the trained model here (.safetensors + .json card)",
@@ -248,14 +277,15 @@ class SelfSupervisedSR(ModelFamily):
         image = inputs.image
         preset = PRESETS[params["preset"]]
         spacing = np.asarray(image.spacing, dtype=float)
-        axis = find_slice_axis(tuple(spacing), params["slice_axis"])
+        planes = slice_planes(image.affine)
+        axis = find_slice_axis(tuple(spacing), params["slice_axis"], planes)
         inplane_axes = [a for a in range(3) if a != axis]
         inplane_sp = (float(spacing[inplane_axes[0]]), float(spacing[inplane_axes[1]]))
         fine = min(inplane_sp)
         s_slice = float(spacing[axis])
-        thickness = float(params["slice_thickness"]) or s_slice
-        if thickness > 3 * s_slice:
-            raise ParamError(f"slice_thickness {thickness} mm is implausible for a slice spacing of {s_slice} mm")
+        if params["slice_thickness"] != AUTO and float(params["slice_thickness"]) > 3 * s_slice:
+            raise ParamError(f"a slice thickness of {float(params['slice_thickness']):g} mm is implausible for "
+                             f"slices {s_slice:g} mm apart (at most 3 x the spacing)")
         target = np.asarray(parse_target_spacing(params["target_spacing"], spacing, auto=fine))
 
         data = np.asarray(image.data, dtype=np.float32)
@@ -264,13 +294,19 @@ class SelfSupervisedSR(ModelFamily):
             hi = lo + float(np.ptp(data)) or lo + 1.0
         work = np.moveaxis((data - lo) / (hi - lo), axis, 0).astype(np.float32)  # slice axis first
         ctx.check_cancelled()
+        profile = slice_profile_of(work, s_slice, inplane_sp, params["slice_thickness"], ctx)
+        profile = replace(profile, axis=axis)
+        thickness = profile.fwhm_mm
+        ctx.progress(0, 1, f"slice profile: FWHM {thickness:.2f} mm ({profile.source}), slices {s_slice:.3g} mm apart")
 
         model = build_network(preset)
         info: dict[str, Any] = {
             "slice_axis": axis,
+            "slice_orientation": planes[axis],
             "slice_spacing_mm": s_slice,
             "slice_thickness_mm": thickness,
-            "gap_mm": max(0.0, s_slice - thickness),
+            "slice_profile": profile.record(),
+            "gap_mm": profile.gap_mm,
             "inplane_spacing_mm": list(inplane_sp),
             "scale_factor": s_slice / fine,
             "preset": params["preset"],
@@ -298,8 +334,13 @@ class SelfSupervisedSR(ModelFamily):
             info["training"] = card.get("training", {})
         else:
             sampler = _PatchSampler(work, inplane_sp, s_slice, thickness, preset.patch, ctx.rng)
-            budget = ctx.time_budget if ctx.time_budget is not None else preset.train_seconds
-            max_steps = int(params["max_steps"]) or preset.max_steps
+            step_limit = params["max_steps"] != AUTO
+            max_steps = int(params["max_steps"]) if step_limit else preset.max_steps
+            # a step limit without a time budget is reproducible: the schedule then follows steps, not the clock
+            if ctx.time_budget is not None:
+                budget = float(ctx.time_budget)
+            else:
+                budget = math.inf if step_limit else preset.train_seconds
             optimizer = torch.optim.AdamW(model.parameters(), lr=preset.lr, weight_decay=1e-4)
             schedule = TimeCosine(optimizer, preset.lr, budget, max_steps)
             device = torch.device(ctx.device)
@@ -314,7 +355,8 @@ class SelfSupervisedSR(ModelFamily):
                 model,
                 optimizer,
                 step_fn,
-                TrainConfig(max_steps=max_steps, time_budget=budget, lr=preset.lr, log_every=25, grad_clip=1.0),
+                TrainConfig(max_steps=max_steps, time_budget=None if math.isinf(budget) else budget, lr=preset.lr,
+                            log_every=25, grad_clip=1.0),
                 ctx,
                 scheduler=schedule,
             )
@@ -347,14 +389,21 @@ class SelfSupervisedSR(ModelFamily):
         net_l1, base_l1 = self._validate(model, val_x, val_y, ctx)
         info["validation"] = {"l1_network": net_l1, "l1_bspline": base_l1, "patches": int(len(val_x))}
         use_network = net_l1 < base_l1
+        name = f"{image.name} (SR {params['preset']})"
         if not use_network:
+            steps = info.get("training", {}).get("steps")
+            info["fallback"] = "B-spline interpolation (the trained network was worse on held-out patches)"
             info["warning"] = (
-                f"the network did not beat B-spline interpolation on held-out in-plane patches (L1 {net_l1:.4f} vs "
-                f"{base_l1:.4f}); the result is the B-spline interpolation. Give training more time or steps."
+                f"super-resolution fell back to B-spline interpolation: the trained network was worse than it on "
+                f"held-out in-plane patches (mean error {net_l1:.4f} against {base_l1:.4f}"
+                + (f", after {steps} training steps" if steps is not None else "")
+                + "). The result is plain interpolation, named so. Give training more time or steps, or check the "
+                "slice thickness."
             )
+            name = f"{image.name} (B-spline, SR fallback)"
         restored, affine = self._infer(model if use_network else None, work, image, axis, fine, preset, ctx)
         restored = restored * (hi - lo) + lo
-        out = Volume(restored, affine, name=f"{image.name} (SR {params['preset']})", metadata=dict(image.metadata))
+        out = Volume(restored, affine, name=name, metadata=dict(image.metadata))
         if not np.allclose(out.spacing, target, rtol=1e-4):
             out = self._resample_to(out, target, ctx)
         out.data = np.clip(out.data, float(data.min()), float(data.max()), out=out.data)
@@ -454,6 +503,15 @@ class SelfSupervisedSR(ModelFamily):
             t = mapping[ax, ax] * np.arange(shape[ax]) + mapping[ax, 3]
             data = np.moveaxis(bspline_resample_axis0(np.moveaxis(data, ax, 0), t), 0, ax)
         return Volume(np.ascontiguousarray(data), affine, name=volume.name, metadata=volume.metadata)
+
+
+def slice_profile_of(work: np.ndarray, slice_spacing: float, inplane_spacing: tuple[float, float], given: Any,
+                     ctx: RunContext | None = None) -> SliceProfile:
+    """The slice profile: the given FWHM, or estimated from the scan (``work``: slice axis first)."""
+    if given != AUTO:
+        return SliceProfile(float(given), float(slice_spacing), 0, source="given")
+    check = ctx.check_cancelled if ctx is not None else None
+    return estimate_slice_profile(work, (float(slice_spacing), *inplane_spacing), 0, check=check)
 
 
 def _ceil8(n: int) -> int:

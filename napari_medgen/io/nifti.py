@@ -564,8 +564,18 @@ def nifti_image(volume: Volume, like: Any = None) -> nib.Nifti1Image:
             header.set_intent(intent["code"], tuple(intent.get("params") or ()), name=intent.get("name") or "")
         except Exception:  # noqa: BLE001 - an intent we cannot restore is not worth failing for
             pass
-    header["descrip"] = b"napari-medgen"
+    header["descrip"] = _descrip(volume.metadata.get("medgen") or {})
     return img
+
+
+def _descrip(provenance: dict[str, Any]) -> bytes:
+    """The header's 80-byte description: napari-medgen, the family that made the volume, and a fallback if any."""
+    text = "napari-medgen"
+    if provenance.get("family"):
+        text += f" {provenance['family']}"
+    if provenance.get("fallback"):
+        text += f" FALLBACK: {provenance['fallback']}"
+    return text.encode("ascii", "replace")[:79]
 
 
 def nifti_writer(img: nib.Nifti1Image, compressed: bool) -> Callable[[IO[bytes]], None]:

@@ -12,7 +12,7 @@ from .anomaly_regions import AnomalyRegions
 from .families_panel import FamiliesPanel
 from .lesion_table import LesionTable
 from .superres_compare import SuperresCompare
-from .superres_plan import PLAN_PARAMS, superres_plan
+from .superres_plan import PLAN_PARAMS, PlanLine
 from .task_widget import TaskWidget
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -36,7 +36,8 @@ class superres_widget(TaskWidget):  # noqa: N801 - the manifest's python_name
 
     def __init__(self, napari_viewer: "napari.viewer.Viewer") -> None:
         super().__init__(napari_viewer, Task.SUPERRES)
-        self.add_summary_part(superres_plan, watch=PLAN_PARAMS)
+        self.plan_line = PlanLine()
+        self.add_summary_part(self.plan_line, watch=PLAN_PARAMS)
         self.compare = SuperresCompare(self)
         self.compare_button = self.compare.button
 
