@@ -3,6 +3,11 @@
 Runs in its own process so that the peak resident memory (ru_maxrss) is this run's alone:
 
     python -m benchmarks.superres_memory [--steps N]
+
+Exit code 0 when the peak stays under 8 GB and the trained network did the inference; 1 when
+the peak is 8 GB or more, or when the family fell back to B-spline interpolation (the network
+lost its held-out check, or whether it was used cannot be told): such a run measures no
+network inference, so its memory proves nothing.
 """
 
 from __future__ import annotations
@@ -16,10 +21,30 @@ import numpy as np
 from scipy import ndimage
 
 
+def network_used(info: dict) -> tuple[bool, str]:
+    """Whether the output came from the network, and why not."""
+    fallback = info.get("fallback")
+    if fallback:
+        detail = fallback if isinstance(fallback, str) else "B-spline interpolation"
+        return False, f"the family fell back to {detail}"
+    val = info.get("validation")
+    if isinstance(val, dict) and "l1_network" in val and "l1_bspline" in val:
+        if not val["l1_network"] < val["l1_bspline"]:
+            return False, (f"the network lost the held-out check (L1 {val['l1_network']:.4f} vs B-spline "
+                           f"{val['l1_bspline']:.4f}): the output is B-spline interpolation")
+        return True, ""
+    if "fallback" in info:  # the flag is there and false
+        return True, ""
+    return False, "the run's info says neither 'fallback' nor 'validation': cannot tell whether the network ran"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=200, help="training steps (memory does not depend on them)")
+    parser.add_argument("--steps", type=int, default=200,
+                        help="training steps (memory does not depend on them, but too few leave a network that loses "
+                             "the held-out check, and the run then fails: it measured no network inference)")
     args = parser.parse_args(argv)
+    steps = args.steps
     from napari_medgen import Inputs, Volume
     from napari_medgen.io.sample import load_mni152
     from napari_medgen.registry import get_registry
@@ -31,14 +56,25 @@ def main(argv: list[str] | None = None) -> int:
     data = np.tile(slab, (1, 2, 2)).astype(np.float32)
     image = Volume.from_spacing(data, (4.0, 1.0, 1.0), name="large")
     family = get_registry().get("medgen.selfsr").family
+    kind = next((p.kind for p in family.params if p.name == "max_steps"), "int")
     t0 = time.perf_counter()
-    res = run_family(family, Inputs(image=image), {"max_steps": args.steps}, device="cpu")
+    res = run_family(family, Inputs(image=image), {"max_steps": str(steps) if kind == "str" else steps},
+                     device="cpu")
     seconds = time.perf_counter() - t0
     out = res.primary.volume
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    info = res.info or {}
+    done = (info.get("training") or {}).get("steps", steps)
     print(f"input {data.shape} (4 x 1 x 1 mm) -> output {out.shape} ({out.data.nbytes / 2**30:.2f} GiB float32); "
-          f"peak resident memory {peak_gb:.2f} GiB; {seconds:.0f} s with {args.steps} training steps")
-    return 0 if peak_gb < 8 else 1
+          f"peak resident memory {peak_gb:.2f} GiB; {seconds:.0f} s with {done} training steps")
+    used, why = network_used(info)
+    if not used:
+        print(f"FAILED: {why}; this run measured no network inference. Run it with more --steps.", file=sys.stderr)
+        return 1
+    if peak_gb >= 8:
+        print(f"FAILED: peak resident memory {peak_gb:.2f} GiB is over the 8 GB limit", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover
