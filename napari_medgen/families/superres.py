@@ -18,8 +18,7 @@ the host (about four output-sized float32 arrays).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 import numpy as np

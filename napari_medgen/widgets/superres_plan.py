@@ -8,8 +8,8 @@ import numpy as np
 
 from ..acquisition import SliceProfile, estimate_slice_profile
 from ..errors import InputError, ParamError
-from ..family import AUTO
 from ..families.superres import find_slice_axis
+from ..family import AUTO
 from ..volume import PLANES, parse_target_spacing, slice_planes
 
 __all__ = ["superres_plan", "PLAN_PARAMS", "PlanLine"]
