@@ -272,7 +272,7 @@ def test_superres_dock_learned_family_shows_plan_loss_and_compare(viewer, thick_
     w.set_params(slice_thickness="auto")
     # auto is a visible choice, not a magic number; forcing slices that are not thick says so
     assert w._param_widgets["slice_thickness"].auto_box.value is True
-    assert not w._param_widgets["slice_thickness"].number.enabled
+    assert not w._param_widgets["slice_thickness"].number.visible
     w.set_params(slice_axis="sagittal")
     assert "sagittal slices" in w.summary.text() and "not the thick ones" in w.summary.text()
     w.set_params(slice_axis="auto")

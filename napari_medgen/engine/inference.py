@@ -73,6 +73,7 @@ def sliding_window(
     out_device: str = "cpu",
     spatial_dims: int | None = None,
     message: str = "inference",
+    padding_mode: str = "constant",
 ) -> np.ndarray:
     """Run ``predictor`` over ``volume`` window by window and return the stitched float32 array.
 
@@ -82,7 +83,9 @@ def sliding_window(
     (a bare volume stays bare when the predictor returns one channel). The predictor must live
     on ``sw_device`` (default ``ctx.device``) and return a tensor. ``ctx`` is a RunContext:
     each window batch checks for cancel and reports ``ctx.progress(done, total, message)``
-    with ``done``/``total`` counted in windows.
+    with ``done``/``total`` counted in windows. Where the volume is smaller than a window it is
+    padded with ``padding_mode`` (MONAI's: "constant" zeros, or "replicate" the edge, which
+    suits an image whose content reaches its border, such as a cropped field of view).
     """
     if spatial_dims is None:
         spatial_dims = len(roi_size) if isinstance(roi_size, Sequence) else 3
@@ -138,6 +141,7 @@ def sliding_window(
             mode=mode,
             sw_device=device,
             device=out_device,
+            padding_mode=padding_mode,
         )
 
     module = predictor if isinstance(predictor, torch.nn.Module) else None

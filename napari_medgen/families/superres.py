@@ -176,6 +176,10 @@ def build_network(preset: Preset):
     return ResidualUNet()
 
 
+#: the smallest training patch (the U-Net halves it three times)
+_MIN_PATCH = 32
+
+
 class _PatchSampler:
     """Random training pairs from the in-plane slices of the (normalised) scan."""
 
@@ -183,14 +187,24 @@ class _PatchSampler:
                  thickness: float, patch: int, rng: np.random.Generator) -> None:
         self.vol = volume  # (slices, rows, cols), slice axis first
         self.rng = rng
-        self.patch = patch
         # per in-plane axis: fine-grid ratio to the slice spacing and the profile's sigma in fine voxels
         self.ratio = [slice_spacing / s for s in inplane_spacing]
         self.sigma = [thickness / s / FWHM_PER_SIGMA for s in inplane_spacing]
+        self.margin = [int(math.ceil(3 * g + 2 * r + 4)) for g, r in zip(self.sigma, self.ratio)]
         fg = volume > 0.1
         weights = fg.reshape(fg.shape[0], -1).mean(axis=1) + 1e-3
         self.slice_p = weights / weights.sum()
-        self.axes = [0, 1] if max(inplane_spacing) / min(inplane_spacing) < 1.1 else [0]
+        axes = [0, 1] if max(inplane_spacing) / min(inplane_spacing) < 1.1 else [0]
+        # a small field of view: smaller patches of real anatomy rather than patches padded with its
+        # mirror image (the degraded axis needs the patch plus a margin on both sides)
+        fits = {a: self._fits(a, patch) for a in axes}
+        self.axes = [a for a in axes if fits[a] >= _MIN_PATCH] or axes
+        self.patch = max(_MIN_PATCH, min([patch] + [fits[a] for a in self.axes]))
+
+    def _fits(self, axis: int, patch: int) -> int:
+        """The largest patch (a multiple of 8, at most ``patch``) the slices hold when ``axis`` is degraded."""
+        rows, cols = self.vol.shape[1 + axis], self.vol.shape[2 - axis]
+        return int(min(patch, rows - 2 * self.margin[axis], cols) // 8 * 8)
 
     def pair(self) -> tuple[np.ndarray, np.ndarray]:
         rng, p = self.rng, self.patch
@@ -199,8 +213,7 @@ class _PatchSampler:
         axis = int(rng.choice(self.axes))
         if axis == 1:
             img = img.T
-        ratio, sigma = self.ratio[axis], self.sigma[axis]
-        margin = int(math.ceil(3 * sigma + 2 * ratio + 4))
+        ratio, sigma, margin = self.ratio[axis], self.sigma[axis], self.margin[axis]
         need = (p + 2 * margin, p)
         if img.shape[0] < need[0] or img.shape[1] < need[1]:
             img = np.pad(img, [(0, max(0, need[0] - img.shape[0])), (0, max(0, need[1] - img.shape[1]))], mode="reflect")
@@ -477,8 +490,11 @@ class SelfSupervisedSR(ModelFamily):
                         if flip:
                             planes = planes[:, :, ::-1]
                         batch = np.ascontiguousarray(planes)[:, None]
+                        # a window longer than the planes is padded by repeating their edge: anatomy reaching
+                        # the end of a cropped field of view must not meet a wall of zeros
                         res = sliding_window(batch, predictor, win, ctx=_Quiet, overlap=0.25, sw_batch_size=4,
-                                             spatial_dims=2, message="super-resolution")[:, 0]
+                                             spatial_dims=2, message="super-resolution",
+                                             padding_mode="replicate")[:, 0]
                         if flip:
                             res = res[:, :, ::-1]
                         if orient == 2:

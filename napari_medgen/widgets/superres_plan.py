@@ -51,7 +51,9 @@ def superres_plan(spacing: Sequence[float], params: dict[str, Any], planes: Sequ
     else:
         return line + "<br>slice profile: estimated from the scan when run"
     gap = sp[axis] - fwhm
-    extra = f", gap {gap:.1f} mm" if gap >= 0.05 else (f", overlap {-gap:.1f} mm" if gap <= -0.05 else ", no gap")
+    # the estimate is good to about half a millimetre: smaller gaps or overlaps are not worth a word
+    close = 0.05 if source == "given" else 0.5
+    extra = f", gap {gap:.1f} mm" if gap >= close else (f", overlapping by {-gap:.1f} mm" if gap <= -close else ", no gap")
     return line + f"<br>slice profile: FWHM {fwhm:.1f} mm ({source}{extra})"
 
 

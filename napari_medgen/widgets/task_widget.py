@@ -66,7 +66,7 @@ class AutoValue(mw.Container):
     """A number field with an "auto" check box beside it: the value is "auto" or the number.
 
     For parameters that the family can work out itself (``Param.auto``); while "auto" is
-    ticked the number field is disabled, so nothing on screen says "0 means auto".
+    ticked the number field is hidden, so nothing on screen says "0 means auto".
     """
 
     def __init__(self, number: mw.ValueWidget, param: Param) -> None:
@@ -79,7 +79,7 @@ class AutoValue(mw.Container):
         self._sync()
 
     def _sync(self, *_: Any) -> None:
-        self.number.enabled = not self.auto_box.value
+        self.number.visible = not self.auto_box.value  # no placeholder number while the family decides
 
     @property
     def value(self) -> Any:
