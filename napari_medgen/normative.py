@@ -40,6 +40,7 @@ from scipy import ndimage
 
 from .errors import InputError, WeightsError
 from .family import (
+    AUTO,
     RESEARCH_USE,
     Inputs,
     InputSpec,
@@ -307,9 +308,10 @@ class NormativeFamily(ModelFamily):
             Param("plane_axis", "choice", "auto", choices=("auto", "0", "1", "2"),
                   help="2D planes are taken across this axis; auto = the coarsest (axis 0 if isotropic)"),
             Param("reconstruction", "bool", False, help="also add the pseudo-healthy reconstruction"),
-            Param("max_steps", "int", 0, minimum=0, maximum=10_000_000,
-                  help="training step limit; 0 = the preset's. With a step limit and no time budget, the "
-                  "same seed gives the same model; a time budget makes the step count depend on the machine"),
+            Param("max_steps", "int", AUTO, minimum=1, maximum=10_000_000, label="training steps",
+                  auto="the preset's training time",
+                  help="a training step limit. With a step limit and no time budget, the same seed gives the "
+                  "same model; a time budget makes the step count depend on the machine"),
             Param("model_file", "str", "", help="reuse a saved normative model (.safetensors) instead of training",
                   path="read", suffixes=(".safetensors", ".json")),
             Param("save_model", "str", "", help="save the trained model here (.safetensors + .json card)",
@@ -542,15 +544,15 @@ class NormativeFamily(ModelFamily):
                ctx: RunContext):
         import torch
 
-        from .engine import TimeCosine, TrainConfig, Trainer
+        from .engine import TimeCosine, TrainConfig, Trainer, training_limits
 
         axes = [axis] if preset.orientations == 1 else [0, 1, 2]  # quality: the planes of each axis
         planes = [np.moveaxis(v, a + 1, 1) for v in vols for a in axes]
         pmasks = [np.moveaxis(m, a, 0) for m in masks for a in axes]
         sampler = TileSampler(planes, pmasks, preset.tile, ctx.rng)
         net = self.build(preset)
-        budget = ctx.time_budget if ctx.time_budget is not None else preset.train_seconds
-        max_steps = int(params["max_steps"]) or preset.max_steps
+        max_steps, budget = training_limits(params["max_steps"], preset.max_steps, preset.train_seconds,
+                                            ctx.time_budget)
         optimizer = torch.optim.AdamW(net.parameters(), lr=preset.lr, weight_decay=1e-4)
         schedule = TimeCosine(optimizer, preset.lr, budget, max_steps)
         device = torch.device(ctx.device)

@@ -145,3 +145,16 @@ def test_training_on_the_gpu_with_mixed_precision_converges():
     history = Trainer(model, None, step_fn, TrainConfig(max_steps=300, lr=0.05), ctx).fit()
     assert next(model.parameters()).device.type == "cuda"
     assert history.losses[-1] < history.losses[0] / 10
+
+
+def test_training_limits_follow_the_users_choices():
+    """auto: the preset's steps and time; a step limit alone: exactly those steps, no clock; a budget: both."""
+    import math
+
+    from napari_medgen.engine import training_limits
+
+    assert training_limits("auto", 100, 60.0, None) == (100, 60.0)
+    assert training_limits(40, 100, 60.0, None) == (40, math.inf)
+    assert training_limits(40, 100, 60.0, 5.0) == (40, 5.0)
+    assert training_limits("auto", 100, 60.0, 5.0) == (100, 5.0)
+    assert TrainConfig(max_steps=1, time_budget=math.inf).time_budget is None

@@ -18,11 +18,12 @@ from .device import (
     run_with_oom_retry,
 )
 from .inference import count_windows, sliding_window
-from .trainer import TimeCosine, TrainConfig, Trainer, TrainHistory
+from .trainer import TimeCosine, TrainConfig, Trainer, TrainHistory, training_limits
 from .weights import cache_dir, load_foreign_checkpoint, load_weights, save_weights, sha256_file, weights_paths
 
 __all__ = [
     "TimeCosine",
+    "training_limits",
     "resolve_device",
     "describe_device",
     "available_devices",

@@ -46,6 +46,8 @@ class TrainConfig:
             raise ParamError(f"max_steps must be at least 1, got {self.max_steps}")
         if int(self.log_every) < 1:
             raise ParamError(f"log_every must be at least 1, got {self.log_every}")
+        if self.time_budget is not None and math.isinf(self.time_budget) and self.time_budget > 0:
+            self.time_budget = None  # an unbounded budget is no budget
         if self.time_budget is not None and self.time_budget < 0:
             raise ParamError(f"time_budget must be >= 0 seconds, got {self.time_budget}")
         if self.early_stop_patience is not None and self.early_stop_patience < 1:
@@ -95,6 +97,22 @@ def format_eta(seconds: float) -> str:
     if seconds < 3600:
         return f"{seconds // 60}m{seconds % 60:02d}s"
     return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
+
+
+def training_limits(max_steps: Any, preset_steps: int, preset_seconds: float,
+                    time_budget: float | None) -> tuple[int, float]:
+    """A training's step limit and time budget (seconds; ``math.inf`` = none) from the user's choices.
+
+    ``max_steps`` is a family's ``max_steps`` parameter ("auto" or a number). A step limit with no
+    time budget trains exactly that many steps, its schedule following the steps and not the clock,
+    so the same seed gives the same model on any machine; otherwise the user's time budget, or the
+    preset's training time, bounds it as well.
+    """
+    step_limit = not (isinstance(max_steps, str) and max_steps == "auto")
+    steps = int(max_steps) if step_limit else int(preset_steps)
+    if time_budget is not None:
+        return steps, float(time_budget)
+    return steps, (math.inf if step_limit else float(preset_seconds))
 
 
 class TimeCosine:

@@ -51,6 +51,7 @@ from scipy import ndimage
 
 from ..errors import InputError, WeightsError
 from ..family import (
+    AUTO,
     RESEARCH_USE,
     Inputs,
     InputSpec,
@@ -383,9 +384,10 @@ class ConstrainedHarmonization(ModelFamily):
         Param("plane_axis", "choice", "auto", choices=("auto", "0", "1", "2"),
               help="the discriminator sees 2D patches in planes across this axis; auto = the coarsest "
               "(axis 0 if isotropic)"),
-        Param("max_steps", "int", 0, minimum=0, maximum=10_000_000,
-              help="training step limit; 0 = the preset's. With a step limit and no time budget, the same "
-              "seed gives the same result"),
+        Param("max_steps", "int", AUTO, minimum=1, maximum=10_000_000, label="training steps",
+              auto="the preset's training time",
+              help="a training step limit. With a step limit and no time budget, the same seed gives the same "
+              "result"),
         Param("model_file", "str", "", help="apply a saved site model (.safetensors) instead of training",
               path="read", suffixes=(".safetensors", ".json")),
         Param("save_model", "str", "", help="save the trained site model here (.safetensors + .json card)",
@@ -566,7 +568,7 @@ class ConstrainedHarmonization(ModelFamily):
         from monai.losses import LocalNormalizedCrossCorrelationLoss, PatchAdversarialLoss
         from monai.networks.nets import PatchDiscriminator
 
-        from ..engine import TimeCosine, TrainConfig, Trainer
+        from ..engine import TimeCosine, TrainConfig, Trainer, training_limits
         from ..normative import _Sub
 
         device = torch.device(ctx.device)
@@ -589,8 +591,8 @@ class ConstrainedHarmonization(ModelFamily):
         anchors = [[r for r in range(n_refs) if n_refs < 3 or r != j % n_refs] for j in range(m)]
         knots_t = torch.from_numpy(knots.astype(np.float32)).to(device)
         ref_valid = [np.where(mk, 1.0, 0.0).astype(np.float32) for mk in ref_masks]
-        budget = ctx.time_budget if ctx.time_budget is not None else preset.train_seconds
-        max_steps = int(params["max_steps"]) or preset.max_steps
+        max_steps, budget = training_limits(params["max_steps"], preset.max_steps, preset.train_seconds,
+                                            ctx.time_budget)
         schedule = TimeCosine(opt_g, preset.lr, budget, max_steps)
         b, p = preset.batch, patches.p
         stats: dict[str, float] = {}
@@ -772,6 +774,8 @@ class ConstrainedHarmonization(ModelFamily):
         from monai.losses import PatchAdversarialLoss
         from monai.networks.nets import BasicUNet, PatchDiscriminator
 
+        from ..engine import training_limits
+
         preset = PRESETS[params["preset"]]
         device = torch.device(ctx.device)
         rng = ctx.rng
@@ -784,8 +788,8 @@ class ConstrainedHarmonization(ModelFamily):
         patches = _Patches(s.shape, axis, 32 * (preset.patch // 32 or 1), rng)
         fg_idx = np.flatnonzero(fg)
         ref_idx = [np.flatnonzero(mk) for mk in ref_masks]
-        budget = (ctx.time_budget if ctx.time_budget is not None else preset.train_seconds) / 4
-        steps = int(params["max_steps"]) // 4 or 10**9
+        steps, budget = training_limits(params["max_steps"], 4 * 10**9, preset.train_seconds, ctx.time_budget)
+        steps, budget = max(1, steps // 4), budget / 4
         import time
 
         start = time.perf_counter()

@@ -44,6 +44,7 @@ from ..acquisition import (
 )
 from ..errors import InputError, ParamError
 from ..family import (
+    AUTO,
     RESEARCH_USE,
     Inputs,
     InputSpec,
@@ -257,9 +258,10 @@ class DiffusionLesion(ModelFamily):
               "as a fraction of the schedule)."),
         Param("preset", "choice", "fast", choices=tuple(PRESETS),
               help="fast: minutes on a CPU; quality: a wider model and more steps (GPU)."),
-        Param("max_steps", "int", 0, minimum=0, maximum=10_000_000, label="training steps",
-              help="Training steps of the texture model (0 = the preset's). Training stops at the time "
-              "budget if that comes first."),
+        Param("max_steps", "int", AUTO, minimum=1, maximum=10_000_000, label="training steps",
+              auto="the preset's",
+              help="Training steps of the texture model. Training stops at the time budget if that comes first; "
+              "a step limit without a time budget gives the same model for the same seed."),
         Param("model_file", "str", "", path="read", suffixes=(".safetensors",),
               help="Use a texture model saved from an earlier run on this scan's kind (skips training)."),
         Param("save_model", "str", "", path="write", suffixes=(".safetensors",),
@@ -745,7 +747,7 @@ class DiffusionLesion(ModelFamily):
     def _train(self, data, fg, preset: Preset, params, scale, ctx: RunContext):
         import torch
 
-        from ..engine import TrainConfig, Trainer
+        from ..engine import TrainConfig, Trainer, training_limits
 
         device = torch.device(ctx.device)
         # the model depends on the scan, not on the run's seed: batch variants (seed, seed + 1, ...)
@@ -763,8 +765,7 @@ class DiffusionLesion(ModelFamily):
         cand = np.argwhere(inner)
         rng = np.random.default_rng(train_seed)
         opt = torch.optim.AdamW(net.parameters(), lr=preset.lr)
-        steps = int(params["max_steps"]) or preset.max_steps
-        budget = ctx.time_budget if ctx.time_budget is not None else preset.train_seconds
+        steps, budget = training_limits(params["max_steps"], preset.max_steps, preset.train_seconds, ctx.time_budget)
         shape = np.asarray(data.shape)
         zz = [np.arange(int(s), dtype=np.float32) for s in p]
         gz = np.stack(np.meshgrid(*zz, indexing="ij"))

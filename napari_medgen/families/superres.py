@@ -284,7 +284,7 @@ class SelfSupervisedSR(ModelFamily):
     def run(self, inputs: Inputs, params: dict[str, Any], ctx: RunContext) -> Result:
         import torch
 
-        from ..engine import TimeCosine, TrainConfig, Trainer, load_weights, save_weights
+        from ..engine import TimeCosine, TrainConfig, Trainer, load_weights, save_weights, training_limits
 
         image = inputs.image
         preset = PRESETS[params["preset"]]
@@ -346,13 +346,8 @@ class SelfSupervisedSR(ModelFamily):
             info["training"] = card.get("training", {})
         else:
             sampler = _PatchSampler(work, inplane_sp, s_slice, thickness, preset.patch, ctx.rng)
-            step_limit = params["max_steps"] != AUTO
-            max_steps = int(params["max_steps"]) if step_limit else preset.max_steps
-            # a step limit without a time budget is reproducible: the schedule then follows steps, not the clock
-            if ctx.time_budget is not None:
-                budget = float(ctx.time_budget)
-            else:
-                budget = math.inf if step_limit else preset.train_seconds
+            max_steps, budget = training_limits(params["max_steps"], preset.max_steps, preset.train_seconds,
+                                                ctx.time_budget)
             optimizer = torch.optim.AdamW(model.parameters(), lr=preset.lr, weight_decay=1e-4)
             schedule = TimeCosine(optimizer, preset.lr, budget, max_steps)
             device = torch.device(ctx.device)
@@ -367,8 +362,7 @@ class SelfSupervisedSR(ModelFamily):
                 model,
                 optimizer,
                 step_fn,
-                TrainConfig(max_steps=max_steps, time_budget=None if math.isinf(budget) else budget, lr=preset.lr,
-                            log_every=25, grad_clip=1.0),
+                TrainConfig(max_steps=max_steps, time_budget=budget, lr=preset.lr, log_every=25, grad_clip=1.0),
                 ctx,
                 scheduler=schedule,
             )
