@@ -122,6 +122,14 @@ def max_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def publish(title: str, body: str, dry_run: bool = False) -> None:
+    """Write the section ``title`` of RESULTS.md, or only print it (``dry_run``: smoke tests)."""
+    if dry_run:
+        print(f"\n## {title} (dry run, RESULTS.md not written)\n\n{body}")
+    else:
+        write_section(title, "make bench", body)
+
+
 def write_section(title: str, command: str, body: str) -> None:
     """Replace (or append) the section ``title`` of RESULTS.md."""
     header = f"## {title}"

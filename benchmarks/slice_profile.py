@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from .common import write_section
+from .common import publish
 from .superres import AXES, CASES, CONTRASTS, FOVS, Case, expand, parse_axes, prepare, split_csv
 
 SECTION = "Super-resolution: slice-profile estimation"
@@ -139,10 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Command: `python -m benchmarks.slice_profile {shlex.join(argv if argv is not None else sys.argv[1:])}`\n\n"
         + summary(records) + "\n\n" + table
     )
-    if args.dry_run:
-        print(f"\n## {args.section} (dry run, RESULTS.md not written)\n\n{body}")
-    else:
-        write_section(args.section, "make bench", body)
+    publish(args.section, body, args.dry_run)
     return 0
 
 

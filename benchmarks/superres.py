@@ -59,7 +59,7 @@ from napari_medgen.io.sample import simulate_thick_slices
 from napari_medgen.registry import get_registry
 from napari_medgen.runner import run_family
 
-from .common import hf_energy_ratio, psnr, ssim, timed, write_section
+from .common import hf_energy_ratio, psnr, publish, ssim, timed
 
 #: case key -> (profile FWHM mm, slice spacing mm); the gap is spacing - FWHM
 CASES: dict[str, tuple[float, float]] = {
@@ -449,10 +449,7 @@ def main(argv: list[str] | None = None) -> int:
         "(its default is 1,000,000).\n\n"
         f"Command: `python -m benchmarks.superres {shlex.join(argv if argv is not None else sys.argv[1:])}`\n\n" + table
     )
-    if args.dry_run:
-        print(f"\n## {args.section} (dry run, RESULTS.md not written)\n\n{body}")
-    else:
-        write_section(args.section, "make bench", body)
+    publish(args.section, body, args.dry_run)
     return 0
 
 

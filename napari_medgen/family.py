@@ -23,6 +23,7 @@ from .volume import Volume
 
 __all__ = [
     "AUTO",
+    "training_steps_param",
     "Task",
     "Param",
     "InputSpec",
@@ -202,6 +203,16 @@ class Param:
             "path": self.path,
             "auto": self.auto,
         }
+
+
+def training_steps_param(auto: str = "the preset's training time", what: str = "training") -> Param:
+    """The ``max_steps`` parameter of a learned family: "auto" (the preset decides) or a step limit.
+
+    Read it with :func:`napari_medgen.engine.training_limits`, which applies the rule the help states.
+    """
+    return Param("max_steps", "int", AUTO, minimum=1, maximum=10_000_000, label="training steps", auto=auto,
+                 help=f"a step limit for {what}. With a step limit and no time budget, the same seed gives the same "
+                 "result; a time budget makes the number of steps depend on the machine's speed")
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,6 @@ from scipy import ndimage
 
 from .errors import InputError, WeightsError
 from .family import (
-    AUTO,
     RESEARCH_USE,
     Inputs,
     InputSpec,
@@ -51,6 +50,7 @@ from .family import (
     Result,
     RunContext,
     Task,
+    training_steps_param,
 )
 from .masks import foreground_mask
 from .volume import Volume
@@ -308,10 +308,7 @@ class NormativeFamily(ModelFamily):
             Param("plane_axis", "choice", "auto", choices=("auto", "0", "1", "2"),
                   help="2D planes are taken across this axis; auto = the coarsest (axis 0 if isotropic)"),
             Param("reconstruction", "bool", False, help="also add the pseudo-healthy reconstruction"),
-            Param("max_steps", "int", AUTO, minimum=1, maximum=10_000_000, label="training steps",
-                  auto="the preset's training time",
-                  help="a training step limit. With a step limit and no time budget, the same seed gives the "
-                  "same model; a time budget makes the step count depend on the machine"),
+            training_steps_param(),
             Param("model_file", "str", "", help="reuse a saved normative model (.safetensors) instead of training",
                   path="read", suffixes=(".safetensors", ".json")),
             Param("save_model", "str", "", help="save the trained model here (.safetensors + .json card)",

@@ -51,7 +51,6 @@ from scipy import ndimage
 
 from ..errors import InputError, WeightsError
 from ..family import (
-    AUTO,
     RESEARCH_USE,
     Inputs,
     InputSpec,
@@ -62,6 +61,7 @@ from ..family import (
     Result,
     RunContext,
     Task,
+    training_steps_param,
 )
 from ..masks import foreground_mask, given_mask
 from ..volume import Volume
@@ -384,10 +384,7 @@ class ConstrainedHarmonization(ModelFamily):
         Param("plane_axis", "choice", "auto", choices=("auto", "0", "1", "2"),
               help="the discriminator sees 2D patches in planes across this axis; auto = the coarsest "
               "(axis 0 if isotropic)"),
-        Param("max_steps", "int", AUTO, minimum=1, maximum=10_000_000, label="training steps",
-              auto="the preset's training time",
-              help="a training step limit. With a step limit and no time budget, the same seed gives the same "
-              "result"),
+        training_steps_param(),
         Param("model_file", "str", "", help="apply a saved site model (.safetensors) instead of training",
               path="read", suffixes=(".safetensors", ".json")),
         Param("save_model", "str", "", help="save the trained site model here (.safetensors + .json card)",

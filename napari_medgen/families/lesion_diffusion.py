@@ -44,7 +44,6 @@ from ..acquisition import (
 )
 from ..errors import InputError, ParamError
 from ..family import (
-    AUTO,
     RESEARCH_USE,
     Inputs,
     InputSpec,
@@ -55,6 +54,7 @@ from ..family import (
     Result,
     RunContext,
     Task,
+    training_steps_param,
 )
 from ..masks import foreground_mask, given_mask, random_rotation
 from ..volume import Volume
@@ -258,10 +258,7 @@ class DiffusionLesion(ModelFamily):
               "as a fraction of the schedule)."),
         Param("preset", "choice", "fast", choices=tuple(PRESETS),
               help="fast: minutes on a CPU; quality: a wider model and more steps (GPU)."),
-        Param("max_steps", "int", AUTO, minimum=1, maximum=10_000_000, label="training steps",
-              auto="the preset's",
-              help="Training steps of the texture model. Training stops at the time budget if that comes first; "
-              "a step limit without a time budget gives the same model for the same seed."),
+        training_steps_param("the preset's", what="training the texture model"),
         Param("model_file", "str", "", path="read", suffixes=(".safetensors",),
               help="Use a texture model saved from an earlier run on this scan's kind (skips training)."),
         Param("save_model", "str", "", path="write", suffixes=(".safetensors",),

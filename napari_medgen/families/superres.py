@@ -26,7 +26,18 @@ from scipy import ndimage
 
 from ..acquisition import SliceProfile, estimate_slice_profile
 from ..errors import InputError, ParamError, WeightsError
-from ..family import AUTO, RESEARCH_USE, Inputs, ModelFamily, Output, Param, Result, RunContext, Task
+from ..family import (
+    AUTO,
+    RESEARCH_USE,
+    Inputs,
+    ModelFamily,
+    Output,
+    Param,
+    Result,
+    RunContext,
+    Task,
+    training_steps_param,
+)
 from ..volume import PLANES, Volume, parse_target_spacing, resample_geometry, slice_planes
 
 __all__ = ["SelfSupervisedSR", "PRESETS", "bspline_resample_axis0", "degrade_axis0", "find_slice_axis"]
@@ -270,10 +281,7 @@ class SelfSupervisedSR(ModelFamily):
                    "to the through-plane detail)",
               help="FWHM of the slice profile (gap = slice spacing - thickness). Untick auto to give it, e.g. from "
                    "the protocol; DICOM SliceThickness is often missing or wrong"),
-        Param("max_steps", "int", AUTO, minimum=1, maximum=10_000_000, label="training steps",
-              auto="the preset's training time (fast: 3 minutes)",
-              help="a step limit for training. With a step limit and no time budget, the same seed gives the same "
-                   "result"),
+        training_steps_param("the preset's training time (fast: 3 minutes)"),
         Param("model_file", "str", "", help="reuse a saved model (.safetensors) instead of training",
               path="read", suffixes=(".safetensors", ".json")),
         Param("save_model", "str", "", help="save the trained model here (.safetensors + .json card)",
