@@ -506,6 +506,10 @@ class SelfSupervisedSR(ModelFamily):
                         done += stop - start
                         ctx.progress(done, passes, f"super-resolution: {done}/{passes} through-plane slices")
         acc /= 2 * len(flips)
+        # beyond the first and last slice centres the input is extrapolated, which training never shows
+        # the network (its pairs lie between samples): there the output is the interpolation
+        outside = (t < 0) | (t > work.shape[0] - 1)
+        acc[outside] = up[outside]
         del up
         return np.moveaxis(acc, 0, axis), affine
 
