@@ -1,6 +1,8 @@
 """``make bench``: every benchmark, results written to benchmarks/RESULTS.md.
 
-About 1.5 hours on 2 CPU cores without the anomaly benchmark; the anomaly benchmark adds about
+Super-resolution takes about 2.5 hours on 2 CPU cores (the ECLARE comparison about 50 minutes: ECLARE
+and the quality preset each about 20-45 minutes; the matrix of 16 fast runs about 60 minutes; the
+slice-profile estimation about 4 minutes; the memory run about 6 minutes); the anomaly benchmark adds about
 25 minutes of baselines (T1 and T2 at 1 mm) plus the learned families' training: with the
 ``fast`` preset up to 10 minutes per training, 6 trainings per family and contrast (one in the
 references mode, five per scan), i.e. up to 4 hours for two families. The harmonization
