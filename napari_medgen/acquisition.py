@@ -173,6 +173,9 @@ def effective_fwhm(
 
 #: an estimated slice profile from fewer slices than this is flagged as uncertain
 MIN_PROFILE_SLICES = 20
+#: a spectral misfit (RMS of log power) above this means no Gaussian profile explains the scan (anatomy fits
+#: within 0.05-0.2); the profile is then assumed equal to the spacing, and says so
+MAX_PROFILE_MISFIT = 1.0
 
 
 @dataclass
@@ -334,8 +337,12 @@ def estimate_slice_profile(
             d = a + ratio * (b - a)
             fd = misfit(d)
     best = min((fc, c), (fd, d))
+    fit = float(np.sqrt(best[0]))
+    if fit > MAX_PROFILE_MISFIT:  # no Gaussian profile explains it: not a thick-slice scan of anatomy as assumed
+        return SliceProfile(s, s, int(axis), source="assumed = the spacing (the scan's detail fits no slice profile)",
+                            fit_rms=fit, slices=int(arr.shape[axis]))
     return SliceProfile(fwhm_mm=float(best[1]), spacing_mm=s, axis=int(axis), source="estimated",
-                        fit_rms=float(np.sqrt(best[0])), slices=int(arr.shape[axis]))
+                        fit_rms=fit, slices=int(arr.shape[axis]))
 
 
 @dataclass

@@ -277,3 +277,15 @@ def test_slice_orientation_in_anatomical_words(family, truth):
     assert res.info["slice_orientation"] == "sagittal" and res.info["slice_axis"] == 2
     with pytest.raises(InputError, match="axial slices .* are not the thick ones.*sagittal"):
         run_family(family, Inputs(image=thick), {"max_steps": 2, "slice_axis": "axial"})
+
+
+def test_a_scan_no_slice_profile_explains_is_not_given_a_made_up_one():
+    """Through-plane detail finer than in-plane (not thick slices as labelled): the spacing is assumed, and says so."""
+    from scipy import ndimage
+
+    from napari_medgen.acquisition import estimate_slice_profile
+
+    vol = _isotropic_phantom(96)
+    data = ndimage.gaussian_filter(vol.data, (0.0, 4.0, 4.0))[::2]  # blurred in-plane, sharp across "4 mm" slices
+    profile = estimate_slice_profile(data, (4.0, 1.0, 1.0), 0)
+    assert profile.source.startswith("assumed") and profile.fwhm_mm == 4.0, profile.record()
