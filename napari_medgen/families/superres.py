@@ -3,12 +3,16 @@
 The in-plane slices of a thick-slice scan are sharp; only the through-plane axis is blurred
 by the slice profile and undersampled. Following SMORE (Zhao et al., IEEE TMI 2020) and
 ECLARE (Remedios et al., 2025), training pairs come from the scan's own in-plane slices:
-one in-plane axis is blurred with the slice profile (Gaussian, FWHM = slice thickness),
+one in-plane axis is blurred with the slice profile (Gaussian, FWHM = slice thickness, by default
+estimated from the scan itself: :func:`~napari_medgen.acquisition.estimate_slice_profile`),
 sampled at the slice spacing with a random phase (so any, also non-integer, factor works)
 and brought back to the fine grid with the same cubic B-spline that later upsamples the
 real slices. A 2D MONAI U-Net learns the residual that restores the detail. At inference the
 volume is B-spline upsampled along the slice axis and every through-plane slice, in two
-orientations (slice axis x each in-plane axis), is restored; the two are averaged.
+orientations (slice axis x each in-plane axis), is restored; the two are averaged. Where the
+output lies beyond the first or last slice centre (extrapolation, which training never shows the
+network) it is the interpolation. If the network loses a held-out check against B-spline
+interpolation, the output is the interpolation, named and recorded as a fallback.
 
 The whole volume is never on the GPU: slices travel in small batches through the engine's
 sliding-window inferer and are stitched on the CPU, so memory grows with the volume only on

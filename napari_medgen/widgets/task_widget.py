@@ -293,6 +293,7 @@ class TaskWidget(ScrollDock):
             "time_budget", "float", AUTO, minimum=10.0, maximum=86400.0, unit="s",
             auto="the family preset's training time, or only its step limit when one is set",
             help="training time of learned families, in seconds (untick auto to set it)"))
+        self.budget_box.number.value = 300.0  # what the field shows when auto is unticked
         form2.addRow("Time budget (s)", self.budget_box.native)
         root.addLayout(form2)
         buttons = QHBoxLayout()
