@@ -280,26 +280,6 @@ def _along(axis: int, value: float) -> tuple[float, float, float]:
 
 
 # -- the learned family ---------------------------------------------------------------------------
-def param_value(family, name: str, value: Any) -> Any:
-    """``value`` in the form ``family`` declares ``name``: text for an "auto"-or-number parameter, else as is."""
-    for p in getattr(family, "params", ()):
-        if p.name == name:
-            if p.kind in ("str", "choice") and not isinstance(value, str):
-                return f"{value:g}" if isinstance(value, float) else str(value)
-            return value
-    return value
-
-
-def used_fallback(info: dict) -> bool | None:
-    """True when the output is the B-spline fallback (the network lost the held-out check); None if unknown."""
-    if "fallback" in info:
-        return bool(info["fallback"])
-    val = info.get("validation")  # a family version without the flag: the same check, re-read
-    if isinstance(val, dict) and "l1_network" in val and "l1_bspline" in val:
-        return not val["l1_network"] < val["l1_bspline"]
-    return None
-
-
 def _cell(v: Any, spec: str = ".2f") -> str:
     return "" if v is None or (isinstance(v, float) and not np.isfinite(v)) else format(v, spec)
 
@@ -363,10 +343,10 @@ def run(jobs: list[tuple[Case, tuple[str, ...]]], methods: list[str], quality_mo
                     if preset:
                         p["preset"] = preset
                         if mode == "given":
-                            p["slice_thickness"] = param_value(family, "slice_thickness", float(case.fwhm))
+                            p["slice_thickness"] = float(case.fwhm)
                         # blind: slice_thickness left at its default ("auto": estimated from the scan)
                         if max_steps is not None:
-                            p["max_steps"] = param_value(family, "max_steps", int(max_steps))
+                            p["max_steps"] = int(max_steps)
                             note = f"max_steps={max_steps} (smoke test)"
                         if preset == "quality":
                             budget = eclare_seconds or quality_budget
@@ -381,7 +361,7 @@ def run(jobs: list[tuple[Case, tuple[str, ...]]], methods: list[str], quality_mo
                         profile = info.get("slice_profile") or {}
                         est = profile.get("fwhm_mm")
                         steps = (info.get("training") or {}).get("steps")
-                        fallback = used_fallback(info)
+                        fallback = bool(info.get("fallback"))  # set only when the output is B-spline
                 if out.shape != t.shape:
                     raise SystemExit(f"{method}: output shape {out.shape} != truth {t.shape} for {case}")
                 value = psnr(t, out, mask, rng)
@@ -392,8 +372,7 @@ def run(jobs: list[tuple[Case, tuple[str, ...]]], methods: list[str], quality_mo
                 gain = "ref." if method == "classic.cubic" else (
                     f"{value - cubic_psnr:+.2f}" if cubic_psnr is not None else "")
                 hf = hf_energy_ratio(t, out, axis=case.axis, cutoff_cycles_per_voxel=0.5 / case.spacing, mask=mask)
-                fb = "" if fallback is None and not method.startswith("medgen.") else (
-                    "?" if fallback is None else ("yes" if fallback else "no"))
+                fb = "" if fallback is None else ("yes" if fallback else "no")
                 rows.append(
                     f"| {contrast} | {AXES[case.axis]} | {case.profile_label} | {case.fov} | {method} | "
                     f"{mode or '-'} | {_cell(est)} | {value:.2f} | {ssim(t, out, mask, rng):.4f} | {gain} | "

@@ -16,6 +16,7 @@ from typing import Any, Callable, Literal
 import torch
 
 from ..errors import DeviceError, FamilyError, ParamError
+from ..family import AUTO
 from .device import autocast, autocast_dtype, is_oom, resolve_device
 
 __all__ = ["TrainConfig", "TrainHistory", "Trainer", "warmup_cosine", "format_eta"]
@@ -108,7 +109,7 @@ def training_limits(max_steps: Any, preset_steps: int, preset_seconds: float,
     so the same seed gives the same model on any machine; otherwise the user's time budget, or the
     preset's training time, bounds it as well.
     """
-    step_limit = not (isinstance(max_steps, str) and max_steps == "auto")
+    step_limit = max_steps != AUTO
     steps = int(max_steps) if step_limit else int(preset_steps)
     if time_budget is not None:
         return steps, float(time_budget)
