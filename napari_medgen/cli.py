@@ -442,6 +442,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     planned = _planned(family, specs, result, finals)
     record = dict(result.info)
     record["outputs"] = {out.name: str(path) for path, out in planned}
+    prov = record.get("provenance")
+    if isinstance(prov, dict) and "command" in prov:  # the line repeating this run: its real -o, points...
+        from .commands import command_fields
+
+        flags = (("--mask-output", args.mask_output), ("--regions-output", args.regions_output))
+        extra = [a for flag, v in flags if v is not None for a in (flag, os.fspath(v))]
+        record["provenance"] = {**prov, **command_fields(prov, family, inputs, output=raw_output,
+                                                         points_path=args.points, extra_args=extra)}
     table_bytes = _regions_table(result) if table_final is not None else b""
     if table_final is not None:
         record["outputs"]["regions_table"] = str(table_final)

@@ -205,6 +205,7 @@ def run_family(
         "task": Task(family.task).value,
         "params": resolved,
         "seed": int(seed),
+        "time_budget": time_budget,
         "device": dev,
         "device_description": describe_device(dev),
         "elapsed_s": round(ctx.elapsed, 3),
@@ -220,6 +221,9 @@ def run_family(
     }
     if result.info.get("fallback"):  # the output is not what the family's model makes (e.g. plain interpolation)
         provenance["fallback"] = str(result.info["fallback"])
+    from .commands import command_fields  # the `medgen run` line that repeats this run, and its placeholders
+
+    provenance.update(command_fields(provenance, family, inputs))
     result.info.setdefault("provenance", provenance)
     for out in result.outputs:
         meta = dict(out.volume.metadata)

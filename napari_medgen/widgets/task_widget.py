@@ -324,6 +324,9 @@ class TaskWidget(ScrollDock):
         root.addStretch(1)
         self._update_device_label()
         self.fit_width()
+        from .run_command import RunCommand  # "Copy as command": the `medgen run` line of the last run
+
+        self.command_action = RunCommand(self)
 
     def add_task_widget(self, widget: QWidget) -> None:
         """Add a task-specific row (e.g. the SR compare button) below the status line."""
