@@ -10,12 +10,12 @@ the axes by anatomy (S, A, R, as Slicer labels its slice offsets).
 
 napari is imported lazily and only duck-typed here (no Qt), so this module imports in the
 CLI too. The setting lives in ``settings.json`` under ``$MEDGEN_CONFIG_DIR`` (default
-``~/.config/napari-medgen``); ``MEDGEN_DISPLAY_CONVENTION`` overrides it for one process.
+``~/.config/napari-medgen``; see :mod:`napari_medgen.settings`); ``MEDGEN_DISPLAY_CONVENTION``
+overrides it for one process.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import weakref
@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import MedGenError
+from . import settings
 
 __all__ = [
     "ANATOMY_LABELS",
@@ -65,18 +65,8 @@ _PATIENT_COLUMN = {"R": 0, "A": 1, "S": 2}
 
 # -- the setting ----------------------------------------------------------------------------
 def config_path() -> Path:
-    """The settings file: ``$MEDGEN_CONFIG_DIR/settings.json``, else ``~/.config/napari-medgen/``."""
-    base = os.environ.get("MEDGEN_CONFIG_DIR")
-    folder = Path(base) if base else Path.home() / ".config" / "napari-medgen"
-    return folder / "settings.json"
-
-
-def _read_settings() -> dict[str, Any]:
-    try:
-        data = json.loads(config_path().read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+    """The settings file (see :func:`napari_medgen.settings.config_path`)."""
+    return settings.config_path()
 
 
 def _check(name: str) -> str:
@@ -88,8 +78,7 @@ def _check(name: str) -> str:
 
 def current_convention() -> str:
     """``"radiological"`` (default) or ``"neurological"``: the env var, else the saved setting."""
-    candidates = (os.environ.get(ENV_VAR, ""), _unsaved.get(_SETTING, ""), _read_settings().get(_SETTING, ""))
-    for value in candidates:
+    for value in (os.environ.get(ENV_VAR, ""), settings.get(_SETTING, "")):
         if str(value).strip().lower() in CONVENTIONS:
             return str(value).strip().lower()
     return CONVENTIONS[0]
@@ -97,25 +86,9 @@ def current_convention() -> str:
 
 def set_convention(name: str) -> None:
     """Save the convention for later sessions and re-apply it to every viewer showing scans."""
-    value = _check(name)
-    path = config_path()
-    settings = _read_settings()
-    settings[_SETTING] = value
-    _unsaved.pop(_SETTING, None)
-    try:
-        from .io.output import write_json  # the one output path: atomic, never half a file
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(path, settings, overwrite=True, role="settings")
-    except (OSError, MedGenError) as exc:  # a read-only home must not stop the viewer switching
-        log.warning("could not save the display convention to %s: %s", path, exc)
-        _unsaved[_SETTING] = value  # for this session only
+    settings.set_value(_SETTING, _check(name))  # a read-only config dir: it holds for this session
     for viewer in list(_installed):
         apply_reading_convention(viewer)  # MEDGEN_DISPLAY_CONVENTION, if set, still wins
-
-
-#: a setting that could not be saved (read-only config dir): it holds for this session
-_unsaved: dict[str, str] = {}
 
 
 # -- the geometry ---------------------------------------------------------------------------

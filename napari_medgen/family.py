@@ -381,6 +381,14 @@ class ModelFamily:
 
     Required: ``id`` (``"package.name"``), ``task`` (:class:`Task`), ``display_name``,
     ``version`` and :meth:`run`. Everything else has a safe default.
+
+    What the dock shows follows the declarations: ``wants_gpu`` (a GPU makes it much faster:
+    the dock warns on CPU) or ``trains`` (it trains a model during ``run``) show the Device
+    row; ``trains`` also shows the time budget; ``deterministic`` (the same inputs and
+    parameters always give the same output) hides the seed. ``example`` marks a family for
+    plugin authors to copy (the template's), not a real choice: the docks list it only when
+    the user asks for example families (``MEDGEN_SHOW_EXAMPLES=1`` or the Model families
+    panel); ``medgen families`` lists it always.
     """
 
     id: str = ""
@@ -395,7 +403,14 @@ class ModelFamily:
     inputs: Sequence[InputSpec] = ()
     #: the outputs ``run`` returns, in order; empty means one output (written to ``-o``)
     outputs: Sequence[OutputSpec] = ()
+    #: a GPU makes it much faster (the dock shows the device and warns on CPU)
     wants_gpu: bool = False
+    #: it trains a model during ``run`` (the dock shows the device and the time budget)
+    trains: bool = False
+    #: the same inputs and parameters give the same output (the dock hides the seed)
+    deterministic: bool = False
+    #: an example for plugin authors, not a real choice (the docks list it only when asked)
+    example: bool = False
     #: higher sorts first in the docks' family list and is the task's default
     priority: int = 0
 
@@ -443,6 +458,9 @@ class ModelFamily:
             "license": self.license,
             "intended_use": self.intended_use,
             "wants_gpu": self.wants_gpu,
+            "trains": bool(self.trains),
+            "deterministic": bool(self.deterministic),
+            "example": bool(self.example),
             "params": [p.to_dict() for p in self.params],
             "inputs": [
                 {"name": s.name, "required": s.required, "same_grid": s.same_grid, "help": s.help}

@@ -124,9 +124,12 @@ def validate_inputs(family: "ModelFamily", inputs: "Inputs") -> None:
     if ref_spec is not None:
         n = len(inputs.references)
         if ref_spec.required and n < ref_spec.min_count:
+            need = ref_spec.min_count
             raise InputError(
-                f"family {family.id!r} needs at least {ref_spec.min_count} reference volume(s); got {n}"
-                + (f" ({ref_spec.help})" if ref_spec.help else "")
+                f"{family.display_name or family.id} needs {'at least ' if n else ''}{need} reference "
+                f"scan{'s' if need > 1 else ''} (given: {n or 'none'})."
+                + (f" {ref_spec.help.rstrip('.')}." if ref_spec.help else "")
+                + " (--reference PATH on the command line)"
             )
         if ref_spec.max_count is not None and n > ref_spec.max_count:
             raise InputError(f"family {family.id!r} takes at most {ref_spec.max_count} reference volume(s); got {n}")

@@ -45,6 +45,7 @@ def _config_dir(monkeypatch, tmp_path_factory):
     """User settings (the display convention) go to a fresh folder, never to ~/.config."""
     monkeypatch.setenv("MEDGEN_CONFIG_DIR", str(tmp_path_factory.mktemp("medgen-config")))
     monkeypatch.delenv("MEDGEN_DISPLAY_CONVENTION", raising=False)
+    monkeypatch.delenv("MEDGEN_SHOW_EXAMPLES", raising=False)  # the docks hide example families by default
 
 
 @pytest.fixture

@@ -38,5 +38,6 @@ def test_plugin_hooks_have_tests(hook):
 def test_every_public_family_attribute_is_documented_for_plugin_authors():
     text = (ROOT / "plugins" / "medgen-template" / "README.md").read_text()
     for attr in ("id", "task", "display_name", "version", "description", "citation", "license",
-                 "intended_use", "params", "inputs", "outputs", "wants_gpu", "run"):
+                 "intended_use", "params", "inputs", "outputs", "wants_gpu", "trains", "deterministic",
+                 "example", "run"):
         assert f"`{attr}`" in text, f"template README does not explain `{attr}`"

@@ -60,8 +60,28 @@ def test_reference_of_another_grid_refused_when_family_needs_same_grid(phantom):
     other = Volume.from_spacing(image.data[:, ::2, ::2], (1, 2, 2), name="ref")
     with pytest.raises(InputError, match="needs the input's grid"):
         validate_inputs(SameGrid(), Inputs(image=image, references=[other]))
-    with pytest.raises(InputError, match="needs at least 1 reference"):
+    with pytest.raises(InputError, match=r"^t needs 1 reference scan \(given: none\)") as missing:
         validate_inputs(SameGrid(), Inputs(image=image))
+    assert str(missing.value).endswith("(--reference PATH on the command line)")
+
+
+def test_a_missing_reference_is_counted_in_words(phantom):
+    from napari_medgen import InputSpec, ModelFamily, Task
+
+    class TwoRefs(ModelFamily):
+        id = "t.two"
+        task = Task.HARMONIZE
+        display_name = "Two refs"
+        version = "1"
+        inputs = (InputSpec("references", required=True, min_count=2, help="Scans from the target site."),)
+
+    image = phantom[0]
+    with pytest.raises(InputError) as few:
+        validate_inputs(TwoRefs(), Inputs(image=image, references=[image]))
+    assert str(few.value) == (
+        "Two refs needs at least 2 reference scans (given: 1). Scans from the target site. "
+        "(--reference PATH on the command line)"
+    )
 
 
 def test_points_and_mask_checks(registry, phantom):

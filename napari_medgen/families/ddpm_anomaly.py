@@ -67,6 +67,7 @@ class NormativeDiffusion(NormativeFamily):
         "ICLR 2021."
     )
     priority = 10
+    trains = True  # learns normal tissue from the references (or the scan) each run
     PRESETS = PRESETS
     params = NormativeFamily.common_params(tuple(PRESETS), threshold=10.0)
 

@@ -332,6 +332,7 @@ class ConstrainedHarmonization(ModelFamily):
     version = "0.1.0"
     priority = 10
     wants_gpu = True
+    trains = True  # trained on the input and the target-site references
     license = "BSD-3-Clause"
     intended_use = RESEARCH_USE
     description = (

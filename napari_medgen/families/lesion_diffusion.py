@@ -44,6 +44,7 @@ from ..acquisition import (
 )
 from ..errors import InputError, ParamError
 from ..family import (
+    AUTO,
     RESEARCH_USE,
     Inputs,
     InputSpec,
@@ -81,6 +82,40 @@ LESION_TYPES: dict[str, LesionType] = {
     "tumour": LesionType("tumour (core, rim, oedema)", "mr", (15.0, 40.0), "wm", 1.6, (1.0, 1.4), 0.35),
     "nodule-solid": LesionType("solid lung nodule", "ct", (4.0, 20.0), "lung", 30.0, (1.0, 1.3), 0.3),
     "nodule-ground-glass": LesionType("ground-glass lung nodule", "ct", (6.0, 25.0), "lung", -550.0, (1.0, 1.5), 0.5),
+}
+
+_SHORT = {"ms": "MS", "tumour": "tumour", "nodule-solid": "solid nodule",
+          "nodule-ground-glass": "ground-glass nodule"}
+
+
+def _typical(what: str, modality: str | None = None) -> str:
+    """Each lesion type's typical value of one setting, in words (the "auto" text of its parameter)."""
+    out = []
+    for name, kind in LESION_TYPES.items():
+        if modality is not None and kind.modality != modality:
+            continue
+        if what == "diameter":
+            value = f"{kind.diameter[0]:g}-{kind.diameter[1]:g} mm"
+        elif what == "contrast":
+            value = f"{kind.contrast:g}" + (" (the oedema)" if name == "tumour" else "")
+        elif what == "hu":
+            value = f"{kind.contrast:g} HU"
+        else:
+            value = f"{getattr(kind, what):g}"
+        out.append(f"{_SHORT.get(name, name)} {value}")
+    return ", ".join(out)
+
+
+def _given(value: Any) -> float | None:
+    """A number the user set, or None for "auto" (the lesion type's typical value)."""
+    return None if isinstance(value, str) and value.strip().lower() == AUTO else float(value)
+
+
+#: values that meant "the type's typical" before these parameters took "auto"; still accepted from the API
+_LEGACY_TYPICAL = {
+    "diameter_min_mm": lambda v: v == 0,
+    "diameter_max_mm": lambda v: v == 0,
+    "irregularity": lambda v: v < 0,
 }
 
 #: tumour geometry: the core ends at this fraction of the radius, the oedema reaches this multiple of it
@@ -215,6 +250,7 @@ class DiffusionLesion(ModelFamily):
     license = "BSD-3-Clause"
     intended_use = RESEARCH_USE
     wants_gpu = True
+    trains = True  # texture=diffusion trains a model on the scan (the time budget applies to it)
     outputs = (
         OutputSpec("image", "image", "the scan with the lesions inserted"),
         OutputSpec("mask", "labels", "one label per lesion (1..N): voxels at least half lesion"),
@@ -226,24 +262,32 @@ class DiffusionLesion(ModelFamily):
               "nodule-solid / nodule-ground-glass: lung nodules (CT, Hounsfield units)."),
         Param("n_lesions", "int", 10, minimum=1, maximum=200, label="number of lesions",
               help="How many lesions to place at random (ignored when points or lesion masks are given)."),
-        Param("diameter_min_mm", "float", 0.0, minimum=0.0, maximum=150.0, label="smallest diameter", unit="mm",
-              help="Smallest equivalent diameter (0 = the lesion type's range: MS 3-15, tumour 15-40, "
-              "solid nodule 4-20, ground-glass 6-25 mm). Tumours: without the oedema."),
-        Param("diameter_max_mm", "float", 0.0, minimum=0.0, maximum=150.0, label="largest diameter", unit="mm",
-              help="Largest equivalent diameter (0 = the lesion type's range)."),
-        Param("contrast", "float", 0.0, minimum=-10.0, maximum=10.0,
-              help="MR: lesion intensity as WM + contrast x (GM - WM) of this scan (0 = the type's typical: "
-              "MS 2, tumour oedema 1.6), so one value is T2/FLAIR-bright and T1-dark. CT: ignored "
-              "(see nodule_hu)."),
-        Param("relative_contrast", "float", 0.0, minimum=-0.95, maximum=5.0, label="contrast to WM",
+        Param("diameter_min_mm", "float", AUTO, minimum=1.0, maximum=150.0, label="smallest diameter",
+              unit="mm",
+              auto="the lesion type's typical range: " + _typical("diameter"),
+              help="Smallest equivalent diameter. Tumours: without the oedema."),
+        Param("diameter_max_mm", "float", AUTO, minimum=1.0, maximum=150.0, label="largest diameter",
+              unit="mm",
+              auto="the top of the lesion type's typical range (at least the smallest diameter): "
+              + _typical("diameter"),
+              help="Largest equivalent diameter. Tumours: without the oedema."),
+        Param("contrast", "float", AUTO, minimum=-10.0, maximum=10.0, unit="GM-WM units",
+              auto="the lesion type's typical: " + _typical("contrast", "mr"),
+              help="MR: lesion intensity as WM + contrast x (GM - WM) of this scan, so one value is "
+              "T2/FLAIR-bright and T1-dark. Tumours: the oedema's. CT: ignored (see nodule density)."),
+        Param("relative_contrast", "float", AUTO, minimum=-0.95, maximum=5.0, label="contrast to WM",
+              unit="fraction of WM", auto="set by 'contrast' instead",
               help="MR: lesion intensity relative to the white matter around it (-0.4 = 40% darker, +0.8 = 80% "
-              "brighter); 0 = use 'contrast'. Tumours: the oedema's."),
-        Param("nodule_hu", "float", 0.0, minimum=-1000.0, maximum=400.0, label="nodule density", unit="HU",
-              help="CT nodules: density (0 = the type's typical: solid 30 HU, ground-glass -550 HU)."),
+              "brighter); replaces 'contrast'. Tumours: the oedema's."),
+        Param("nodule_hu", "float", AUTO, minimum=-1000.0, maximum=400.0, label="nodule density", unit="HU",
+              auto="the nodule type's typical: " + _typical("hu", "ct"),
+              help="CT nodules: density in Hounsfield units."),
         Param("contrast_jitter", "float", 0.2, minimum=0.0, maximum=0.9, label="contrast jitter",
+              unit="fraction",
               help="Relative random variation of each lesion's contrast (0 = all equal)."),
-        Param("irregularity", "float", -1.0, minimum=-1.0, maximum=1.0,
-              help="0 = smooth ellipsoid, 1 = very lobulated (-1 = the type's typical)."),
+        Param("irregularity", "float", AUTO, minimum=0.0, maximum=1.0, unit="0-1",
+              auto="the lesion type's typical: " + _typical("irregularity"),
+              help="0 = smooth ellipsoid, 1 = very lobulated."),
         Param("placement", "choice", "auto", choices=("auto", "points", "random", "region", "masks"),
               help="auto: the points if given, else random; points: one lesion centred on each point; random: "
               "in the tissue the type needs (white matter, lung); region: random inside the given mask; "
@@ -253,7 +297,7 @@ class DiffusionLesion(ModelFamily):
               "(measured): diffusion: its pattern from a diffusion model trained on this scan (minutes); "
               "tissue: a random field (no training); none (the default): the rendering with the scan's own "
               "noise only, which the project's realism benchmark finds hardest to tell from real lesions."),
-        Param("strength", "float", 0.2, minimum=0.0, maximum=0.5,
+        Param("strength", "float", 0.2, minimum=0.0, maximum=0.5, unit="fraction of the schedule",
               help="How far the diffusion model may reshape a lesion (the noise level of the edit, "
               "as a fraction of the schedule)."),
         Param("preset", "choice", "fast", choices=tuple(PRESETS),
@@ -270,6 +314,16 @@ class DiffusionLesion(ModelFamily):
                   help="Where to place lesions (placement 'region') or the lesions' exact shapes "
                   "(placement 'masks', one label per lesion)."),
     )
+
+    def resolve_params(self, given: dict[str, Any] | None = None) -> dict[str, Any]:
+        """As for every family; the old "typical" sentinels (a diameter of 0, irregularity -1) mean "auto"."""
+        given = dict(given or {})
+        for name, was_typical in _LEGACY_TYPICAL.items():
+            value = given.get(name)
+            number = isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+            if number and was_typical(value):
+                given[name] = AUTO
+        return super().resolve_params(given)
 
     # -- the scan --------------------------------------------------------------------------------
     def _check_modality(self, kind: LesionType, data: np.ndarray, name: str) -> None:
@@ -364,11 +418,13 @@ class DiffusionLesion(ModelFamily):
         rng = ctx.rng
         name = params["lesion_type"]
         kind = LESION_TYPES[name]
-        dmin = float(params["diameter_min_mm"]) or kind.diameter[0]
-        dmax = float(params["diameter_max_mm"]) or max(kind.diameter[1], dmin)
+        given_min, given_max = _given(params["diameter_min_mm"]), _given(params["diameter_max_mm"])
+        dmin = kind.diameter[0] if given_min is None else given_min
+        dmax = max(kind.diameter[1], dmin) if given_max is None else given_max
         if dmax < dmin:
             raise ParamError(f"largest diameter ({dmax:g} mm) is below the smallest ({dmin:g} mm)")
-        irregularity = kind.irregularity if float(params["irregularity"]) < 0 else float(params["irregularity"])
+        given_irregularity = _given(params["irregularity"])
+        irregularity = kind.irregularity if given_irregularity is None else given_irregularity
         if not np.all(np.isfinite(data)):
             raise InputError("the scan holds NaN or infinite values; lesions cannot be matched to it")
         self._check_modality(kind, data, name)
@@ -528,15 +584,17 @@ class DiffusionLesion(ModelFamily):
         for _ in range(n):
             f = 1.0 + jitter * rng.uniform(-1.0, 1.0)
             if kind.modality == "ct":
-                hu = float(params["nodule_hu"]) or kind.contrast
+                hu = _given(params["nodule_hu"])
+                hu = kind.contrast if hu is None else hu
                 spread = 15.0 if name == "nodule-solid" else 80.0
                 out.append({"hu": hu + spread * (jitter / 0.2) * rng.uniform(-1.0, 1.0)})
             else:
-                rel = float(params["relative_contrast"])
-                if rel:
+                rel = _given(params["relative_contrast"])
+                if rel is not None:
                     out.append({"relative_contrast": rel * f})
                 else:
-                    out.append({"contrast": (float(params["contrast"]) or kind.contrast) * f})
+                    contrast = _given(params["contrast"])
+                    out.append({"contrast": (kind.contrast if contrast is None else contrast) * f})
         return out
 
     @staticmethod

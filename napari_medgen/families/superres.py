@@ -273,6 +273,7 @@ class SelfSupervisedSR(ModelFamily):
     license = "BSD-3-Clause"
     intended_use = RESEARCH_USE
     wants_gpu = True
+    trains = True  # a network trained on the scan itself
     priority = 10
     params = (
         Param("preset", "choice", "fast", choices=tuple(PRESETS), help="fast: ~3 min of CPU training; quality: GPU"),

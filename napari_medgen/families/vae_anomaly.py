@@ -48,6 +48,7 @@ class NormativeVAE(NormativeFamily):
         "a comparative study. Medical Image Analysis 2021;69:101952."
     )
     priority = 5
+    trains = True  # learns normal tissue from the references (or the scan) each run
     PRESETS = PRESETS
     params = NormativeFamily.common_params(tuple(PRESETS), threshold=10.0)
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from ..family import Task
 from .anomaly_regions import AnomalyRegions
+from .compare import CompareView
 from .families_panel import FamiliesPanel
 from .lesion_table import LesionTable
 from .superres_compare import SuperresCompare
@@ -22,6 +23,7 @@ __all__ = [
     "TaskWidget",
     "FamiliesPanel",
     "SuperresCompare",
+    "CompareView",
     "AnomalyRegions",
     "superres_widget",
     "anomaly_widget",
@@ -55,10 +57,16 @@ class anomaly_widget(TaskWidget):  # noqa: N801
 
 
 class harmonize_widget(TaskWidget):  # noqa: N801
-    """Harmonize dock."""
+    """Harmonize dock, with the input/result compare view (side by side, in the current orientation)."""
 
     def __init__(self, napari_viewer: "napari.viewer.Viewer") -> None:
         super().__init__(napari_viewer, Task.HARMONIZE)
+        self.compare = CompareView(self, text="Compare input and result")
+        self.compare_button = self.compare.button
+
+    def toggle_compare(self) -> None:
+        """Input and result side by side, linked, in the current orientation, or back (the button)."""
+        self.compare.toggle()
 
 
 class lesion_widget(TaskWidget):  # noqa: N801

@@ -26,6 +26,7 @@ class RunProgress:
         self._busy = False
         self._pending: tuple[int, int, str] | None = None
         self._message = ""
+        self._cancelling = False
         self._pbar: Any = None
         try:
             from napari.utils import progress
@@ -46,7 +47,7 @@ class RunProgress:
     def update(self, done: float, total: float, message: str = "") -> None:
         """Show ``done`` of ``total`` and the message; a no-op once the run has ended."""
         self._pending = (done, total, message)
-        if self._busy or self._closed or self._pbar is None:
+        if self._busy or self._closed or self._cancelling or self._pbar is None:
             return  # a re-entrant call (events processed inside the bar) is applied by the outer one
         self._busy = True
         try:
@@ -67,6 +68,22 @@ class RunProgress:
             log.debug("activity panel progress bar gone", exc_info=True)
         finally:
             self._busy = False
+
+    def cancelling(self) -> None:
+        """The user pressed Cancel: the bar says so at once and later updates are ignored."""
+        if self._closed or self._pbar is None:
+            return
+        self._cancelling = True
+        self._message = "cancelling"
+        try:
+            self._pbar.set_description(f"{self.title}: cancelling")  # may process events
+        except RuntimeError:  # the activity panel's widget is already gone (viewer closing)
+            log.debug("activity panel progress bar gone", exc_info=True)
+
+    @property
+    def description(self) -> str:
+        """What the activity panel shows as the bar's text."""
+        return str(getattr(self._pbar, "desc", "")) if self._pbar is not None else ""
 
     def close(self) -> None:
         """Remove the bar from the activity panel; later calls do nothing."""

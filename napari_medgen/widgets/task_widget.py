@@ -35,8 +35,9 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from .. import settings
 from ..errors import Cancelled, MedGenError
-from ..family import AUTO, Inputs, ModelFamily, Param, Result, Task
+from ..family import AUTO, Inputs, InputSpec, ModelFamily, Param, Result, Task
 from ..io.napari_io import HEATMAP_COLORMAP_NAME, layer_to_volume, volume_to_layer_data
 from ..masks import mask_input
 from ..registry import FamilyEntry, get_registry
@@ -98,8 +99,10 @@ def param_widget(param: Param) -> mw.ValueWidget:
     """The magicgui widget for one declared parameter."""
     if param.auto:
         start = param.default
-        if start == AUTO:  # the number field's value before the user unticks "auto"
-            start = param.minimum if param.minimum is not None else 0
+        if start == AUTO:  # the number field's value before the user unticks "auto": 0 if allowed
+            lo = param.minimum if param.minimum is not None else -np.inf
+            hi = param.maximum if param.maximum is not None else np.inf
+            start = min(max(0.0, lo), hi)
             start = int(start) if param.kind == "int" else float(start)
         plain = replace(param, auto="", default=start)
         number = param_widget(plain)
@@ -236,7 +239,7 @@ class TaskWidget(ScrollDock):
         form.setFieldGrowthPolicy(QFormLayout.AllNonFixedFieldsGrow)
         self.image_combo = mw.ComboBox(choices=[], tooltip="the 3D image layer to process")
         form.addRow("Input image", self.image_combo.native)
-        self.image_combo.changed.connect(self._update_summary)
+        self.image_combo.changed.connect(self._on_image_changed)
         self.summary = QLabel("")
         self.summary.setWordWrap(True)
         self.summary.setStyleSheet("color: #9aa;")
@@ -247,14 +250,15 @@ class TaskWidget(ScrollDock):
         self.mask_combo = None
         if self.task in (Task.HARMONIZE, Task.ANOMALY):
             tip = (
-                "target-domain reference scan(s); select several with Ctrl/Shift"
+                "target-site reference scan(s) (other subjects); select several with Ctrl/Shift-click. "
+                "The input and MedGen results are not offered"
                 if self.task is Task.HARMONIZE
-                else "optional scans of normal anatomy used as the reference for 'normal'"
+                else "scans of normal anatomy used as the reference for 'normal'; select several with "
+                "Ctrl/Shift-click. The input and MedGen results are not offered"
             )
             self.ref_select = mw.Select(choices=[], tooltip=tip)
             self.ref_select.native.setMaximumHeight(80)
-            label = "Reference(s)" if self.task is Task.HARMONIZE else "Normal reference(s)"
-            form.addRow(label, self.ref_select.native)
+            form.addRow(self.reference_label, self.ref_select.native)
         if self.task is Task.LESION:
             self.points_combo = mw.ComboBox(choices=[NONE], tooltip="a Points layer: one lesion per point")
             form.addRow("Points", self.points_combo.native)
@@ -278,23 +282,25 @@ class TaskWidget(ScrollDock):
         self.params_box.native.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.Minimum)
         root.addWidget(self.params_box.native)
         form2 = QFormLayout()
+        # each row is (label, field); a family shows only the rows that mean something for it
+        self._rows: dict[str, tuple[QWidget, ...]] = {}
         self.device_combo = mw.ComboBox(choices=list(DEVICE_CHOICES), value="auto", tooltip="compute device")
         self.device_combo.changed.connect(self._update_device_label)
-        form2.addRow("Device", self.device_combo.native)
         self.device_label = QLabel("")
         self.device_label.setWordWrap(True)
-        form2.addRow("", self.device_label)
+        self._add_row(form2, "device", "Device", self.device_combo.native)
+        self._add_row(form2, "device_note", "", self.device_label)
         self.seed_box = mw.SpinBox(value=0, min=0, max=2**31 - 1, tooltip=(
             "random seed. With a step limit and no time budget, the same seed gives the same result on the same "
             "machine and software; a time budget makes the number of training steps (hence the result) depend on "
             "the machine's speed and load"))
-        form2.addRow("Seed", self.seed_box.native)
+        self._add_row(form2, "seed", "Seed", self.seed_box.native)
         self.budget_box = param_widget(Param(
             "time_budget", "float", AUTO, minimum=10.0, maximum=86400.0, unit="s",
             auto="the family preset's training time, or only its step limit when one is set",
             help="training time of learned families, in seconds (untick auto to set it)"))
         self.budget_box.number.value = 300.0  # what the field shows when auto is unticked
-        form2.addRow("Time budget (s)", self.budget_box.native)
+        self._add_row(form2, "budget", "Time budget (s)", self.budget_box.native)
         root.addLayout(form2)
         buttons = QHBoxLayout()
         self.run_button = QPushButton("Run")
@@ -328,6 +334,45 @@ class TaskWidget(ScrollDock):
 
         self.command_action = RunCommand(self)
 
+    def _add_row(self, form: QFormLayout, key: str, text: str, field: QWidget) -> None:
+        label = QLabel(text)
+        form.addRow(label, field)
+        self._rows[key] = (label, field)
+
+    def _show_row(self, key: str, visible: bool) -> None:
+        for widget in self._rows[key]:
+            widget.setVisible(visible)
+
+    def row_shown(self, key: str) -> bool:
+        """Whether the form shows a row: ``"device"``, ``"seed"`` or ``"budget"`` (label and field)."""
+        return all(not widget.isHidden() for widget in self._rows[key])
+
+    @property
+    def reference_label(self) -> str:
+        """The label of the references list ("Reference(s)", "Normal reference(s)")."""
+        return "Normal reference(s)" if self.task is Task.ANOMALY else "Reference(s)"
+
+    def _show_run_settings(self, family: ModelFamily | None) -> None:
+        """Device, seed and time budget: only the rows that mean something for this family."""
+        gpu = family is not None and bool(family.wants_gpu or family.trains)
+        self._show_row("device", gpu)
+        self._show_row("device_note", gpu)
+        self._show_row("seed", family is not None and not family.deterministic)
+        self._show_row("budget", family is not None and bool(family.trains))
+
+    def run_settings(self) -> tuple[str, int, float | None]:
+        """``(device, seed, time budget)`` of the next run; a hidden row gives its neutral value.
+
+        A family that neither wants a GPU nor trains runs on the CPU; a deterministic one gets
+        seed 0; one that does not train gets no time budget.
+        """
+        device = self.device_combo.value if self.row_shown("device") else "cpu"
+        seed = int(self.seed_box.value) if self.row_shown("seed") else 0
+        budget = None
+        if self.row_shown("budget") and self.budget_box.value != AUTO:
+            budget = float(self.budget_box.value)
+        return device, seed, budget
+
     def add_task_widget(self, widget: QWidget) -> None:
         """Add a task-specific row (e.g. the SR compare button) below the status line."""
         self._task_rows.addWidget(widget)
@@ -359,11 +404,7 @@ class TaskWidget(ScrollDock):
             self.image_combo.value = current
         elif active is not None and active.name in images:
             self.image_combo.value = active.name  # default: the layer the user is looking at
-        if self.ref_select is not None:  # scans only: a heatmap result is never a reference
-            scans = [n for n in images if getattr(self.viewer.layers[n].colormap, "name", "") != HEATMAP_COLORMAP_NAME]
-            keep = [v for v in (self.ref_select.value or []) if v in scans]
-            self.ref_select.choices = scans
-            self.ref_select.value = keep
+        self._refresh_references()
         if self.points_combo is not None:
             cur = self.points_combo.value
             self.points_combo.choices = [NONE, *self._layers_of("points")]
@@ -374,6 +415,36 @@ class TaskWidget(ScrollDock):
             self.mask_combo.choices = [NONE, *self._layers_of("labels")]
             if cur in self.mask_combo.choices:
                 self.mask_combo.value = cur
+        self._update_summary()
+
+    def reference_candidates(self) -> list[str]:
+        """The image layers offered as references: scans, not the input itself nor a MedGen result."""
+        from napari.layers import Image
+
+        current = self.image_combo.value
+        out = []
+        for layer in self.viewer.layers:
+            if not isinstance(layer, Image) or layer.name == current:
+                continue
+            if "medgen" in (layer.metadata or {}):  # a result of a run (provenance record)
+                continue
+            if getattr(layer.colormap, "name", "") == HEATMAP_COLORMAP_NAME or getattr(layer, "rgb", False):
+                continue
+            out.append(layer.name)
+        return out
+
+    def _refresh_references(self) -> None:
+        if self.ref_select is None:
+            return
+        scans = self.reference_candidates()
+        keep = [v for v in (self.ref_select.value or []) if v in scans]
+        if list(self.ref_select.choices) != scans:
+            self.ref_select.choices = scans
+        if list(self.ref_select.value or []) != keep:
+            self.ref_select.value = keep
+
+    def _on_image_changed(self, *_: Any) -> None:
+        self._refresh_references()  # the input is never its own reference
         self._update_summary()
 
     def _update_summary(self, *_: Any) -> None:
@@ -406,17 +477,29 @@ class TaskWidget(ScrollDock):
             registry_events.reloaded.disconnect(self._on_registry_reloaded)
 
     def refresh_families(self, *_: Any) -> None:
-        self._entries = get_registry().families(self.task)
+        """List the task's families; example families only when the user asks (read each time)."""
+        everything = get_registry().families(self.task)
+        shown = settings.show_examples()
+        real = [e for e in everything if not getattr(e.family, "example", False)]
+        examples = [e for e in everything if getattr(e.family, "example", False)] if shown else []
+        self._entries = real + examples  # an example is never first: never the default
         current = self.family_combo.value
-        choices = [(f"{e.family.display_name} ({e.id})", e.id) for e in self._entries]
+        choices = [(f"{e.family.display_name} ({e.id})" + ("  [example]" if e in examples else ""), e.id)
+                   for e in self._entries]
         self.family_combo.choices = choices
         ids = [e.id for e in self._entries]
         if current in ids:
-            self.family_combo.value = current
+            self.family_combo.value = current  # what the user picked stays picked
+        elif ids:
+            self.family_combo.value = ids[0]  # the task's default: the first real family
         self._on_family_changed()
         self.run_button.setEnabled(bool(self._entries) and not self._running)
         if not self._entries:
-            self.status.setText(f"No {self.task.value} family is installed (see the Model families dock).")
+            hidden = len(everything) - len(self._entries)
+            more = f"; {hidden} example famil{'ies' if hidden > 1 else 'y'} hidden" if hidden else ""
+            self.status.setText(
+                f"No {self.task.value} family is installed (see the Model families dock){more}."
+            )
         self.fit_width()
 
     @property
@@ -433,6 +516,7 @@ class TaskWidget(ScrollDock):
         entry = self.entry
         if entry is None:
             self.family_info.setText("")
+            self._show_run_settings(None)
             return
         fam = entry.family
         info = f"{fam.description}" if fam.description else ""
@@ -446,7 +530,7 @@ class TaskWidget(ScrollDock):
             self.params_box.append(w)
             if any(p.name in watch for _, watch in self._summary_parts):
                 w.changed.connect(self._update_summary)
-        self.budget_box.enabled = bool(fam.wants_gpu)
+        self._show_run_settings(fam)
         self._update_device_label()
         self._update_summary()
         self.fit_width()  # the new parameter rows may be wider
@@ -505,6 +589,39 @@ class TaskWidget(ScrollDock):
             mask = mask_input(mvol.with_data(mvol.data, name=ml.name))
         return Inputs(image=image, references=refs, points=points, mask=mask)
 
+    def missing_references_message(self, family: ModelFamily, given: int) -> str:
+        """What to do when a family that needs references has too few: where to pick them, in this dock."""
+        spec: InputSpec | None = family.input_spec("references")
+        if spec is None or not spec.required or given >= spec.min_count or self.ref_select is None:
+            return ""
+        need = max(1, spec.min_count)
+        if self.task is Task.HARMONIZE:
+            what, plural = "target-site scan", "target-site scans"
+        else:
+            what, plural = "scan of normal anatomy", "scans of normal anatomy"
+        several = " (Ctrl/Shift-click for several)"
+        if need == 1:
+            pick = f"select a {what} under {self.reference_label}{several if spec.max_count != 1 else ''}"
+        else:
+            pick = f"select at least {need} {plural} under {self.reference_label}{several}"
+        head = f"{family.display_name} needs {need} reference scan{'s' if need > 1 else ''}"
+        if given:
+            head += f" (given: {given})"
+        if not self.ref_select.choices:  # nothing to pick from yet
+            pick = f"open one (File > Open), then {pick}"
+        text = f"{head}: {pick}."
+        if spec.help:  # the family's own words on what the references are
+            text += f" {spec.help.rstrip('.')}."
+        return text
+
+    def check_references(self, family: ModelFamily, inputs: Inputs) -> None:
+        """Before running: a required reference that is missing is named with where to pick it."""
+        from ..errors import InputError
+
+        message = self.missing_references_message(family, len(inputs.references))
+        if message:
+            raise InputError(message)
+
     @staticmethod
     def _volume_of(layer: Any):
         """The layer as a Volume; RGB and Labels layers are refused with a clear message."""
@@ -527,6 +644,7 @@ class TaskWidget(ScrollDock):
             return
         try:
             inputs = self.collect_inputs()
+            self.check_references(entry.family, inputs)
             params, overwrite = self._preflight(entry.family, inputs)
         except MedGenError as exc:
             self._fail(str(exc))
@@ -534,9 +652,7 @@ class TaskWidget(ScrollDock):
         if params is None:
             self.status.setText("Not run: the existing file was kept.")
             return
-        device = self.device_combo.value
-        seed = int(self.seed_box.value)
-        budget = None if self.budget_box.value == AUTO else float(self.budget_box.value)
+        device, seed, budget = self.run_settings()
         self._cancel = threading.Event()
         run = self._start_run(entry.family)
         bridge = self._bridge
@@ -607,11 +723,17 @@ class TaskWidget(ScrollDock):
         return answer == QMessageBox.StandardButton.Yes
 
     def cancel(self) -> None:
-        """Ask the running family to stop; no partial layer is added."""
-        if self._running:
+        """Ask the running family to stop; no partial layer is added.
+
+        The dock says so at once ("Cancelling...", the button greyed, the activity bar
+        "cancelling"); the family stops at its next progress report or cancellation check.
+        """
+        if self._running and not self._cancel.is_set():
             self._cancel.set()
             self.status.setText("Cancelling...")
             self.cancel_button.setEnabled(False)
+            if self._run is not None:
+                self._run.progress.cancelling()
 
     def _set_running(self, running: bool, family: ModelFamily | None = None) -> None:
         self._running = running
@@ -640,8 +762,8 @@ class TaskWidget(ScrollDock):
 
     def _on_progress(self, run_id: int, done: float, total: float, message: str) -> None:
         run = self._current(run_id)
-        if run is None:
-            return  # queued before the run ended, delivered after: nothing to show
+        if run is None or run.cancel.is_set():
+            return  # queued before the run ended (or was cancelled), delivered after: "Cancelling..." stays
         pct = round(100 * done / max(total, 1))
         self.progress_bar.setValue(max(0, min(100, pct)))
         if message:

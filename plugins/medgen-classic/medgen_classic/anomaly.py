@@ -127,6 +127,7 @@ class IntensityOutlier(ModelFamily):
     license = "BSD-3-Clause"
     intended_use = RESEARCH_USE
     wants_gpu = False
+    deterministic = True  # local statistics: no randomness
     outputs = (
         OutputSpec("heatmap", "heatmap", "absolute robust z-score of the local-median residual"),
         OutputSpec("regions", "labels", "candidate regions above the threshold, 1..K by decreasing peak"),

@@ -121,6 +121,7 @@ class _HarmonizeFamily(ModelFamily):
     license = "BSD-3-Clause"
     intended_use = RESEARCH_USE
     wants_gpu = False
+    deterministic = True  # histogram landmarks: no randomness
     method = ""
     inputs = (
         InputSpec(

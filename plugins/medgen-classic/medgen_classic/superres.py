@@ -158,6 +158,7 @@ class _InterpolationFamily(ModelFamily):
     license = "BSD-3-Clause"
     intended_use = RESEARCH_USE
     wants_gpu = False
+    deterministic = True  # plain interpolation: no seed to set
     order = 1
     short = "linear"
 

@@ -69,8 +69,15 @@ class ZScoreToReference(ModelFamily):
     license = "BSD-3-Clause"
     # Shown next to every result; keep RESEARCH_USE unless you have a regulatory clearance.
     intended_use = RESEARCH_USE
-    # True if a GPU makes this family much faster (the dock then warns on CPU).
+    # True if a GPU makes this family much faster (the dock then shows the device and warns on CPU).
     wants_gpu = False
+    # True if run() trains a model (the dock then shows the device and a time budget).
+    trains = False
+    # True if the same inputs and parameters always give the same output (the dock hides the seed).
+    deterministic = True
+    # True for a family that only shows how to write one (this one): the docks list it only when the
+    # user asks for example families; leave it False in your own family.
+    example = True
     # Typed parameters with defaults and ranges. kind is int, float, bool, str or choice.
     params = (
         Param(
