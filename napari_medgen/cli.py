@@ -84,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     fam.add_argument("--json", action="store_true", help="machine-readable output")
     fam.add_argument("--task", choices=[t.value for t in Task], help="only families of this task")
 
+    from .cli_plugins import add_parser as add_plugins_parser
+
+    add_plugins_parser(sub, EXIT_CODES)
+
     run = sub.add_parser(
         "run", help="run a family on a NIfTI file (or DICOM series folder)",
         description="Run one model family on one scan and write its outputs (NIfTI) and a provenance "
@@ -770,6 +774,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "families":
             return cmd_families(args)
+        if args.command == "plugins":
+            from .cli_plugins import cmd_plugins
+
+            return cmd_plugins(args)
         return cmd_run(args)
     except Cancelled:
         print("medgen: cancelled; no output written", file=sys.stderr)

@@ -3,7 +3,8 @@
 ``--screenshot PATH`` saves a picture of the whole window; ``--quit`` closes afterwards
 (used by ``make screenshot`` and by ``make demo`` on a machine without a display).
 ``--docs DIR`` saves the README's pictures: the window with the docks (``screenshot.png``),
-the Super-resolution compare view after a run (``superres_compare.png``) and an axial and a
+the Model families panel (``families_panel.png``), the Super-resolution compare view after a
+run (``superres_compare.png``) and an axial and a
 sagittal view in the reading convention (``orientation.png``).
 """
 
@@ -84,6 +85,15 @@ def save_docs_screenshots(viewer, docks: dict, folder: Path) -> list[Path]:
     _settle()
     viewer.screenshot(str(folder / "screenshot.png"), canvas_only=False, flash=False)
     saved.append(folder / "screenshot.png")
+    # the Model families panel: a family's details and the install area
+    families_dock, families = docks["Model families"]
+    families_dock.raise_()
+    families.select_family("medgen.selfsr")
+    families.source_edit.setText("medgen-edge")
+    _settle()
+    viewer.screenshot(str(folder / "families_panel.png"), canvas_only=False, flash=False)
+    saved.append(folder / "families_panel.png")
+    docks[DOCKS[0]][0].raise_()
     # a super-resolution run (classic.cubic) and its compare view
     sr = docks["Super-resolution"][1]
     sr.image_combo.value = scan.name

@@ -40,6 +40,7 @@ def test_npe2_validate_built_wheel(tmp_path):
     with zipfile.ZipFile(wheel) as zf:
         names = zf.namelist()
         assert "napari_medgen/napari.yaml" in names
+        assert "napari_medgen/starter_files/pyproject.toml.tmpl" in names  # `medgen plugins new` works installed
         manifest = zf.read("napari_medgen/napari.yaml").decode()
     assert manifest == (ROOT / "napari.yaml").read_text()
     target = tmp_path / "site"

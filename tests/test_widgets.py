@@ -33,7 +33,7 @@ def test_all_five_docks_open_with_their_families(viewer):
     assert widgets["Harmonize"].ref_select is not None
     assert widgets["Insert lesions"].points_combo is not None and widgets["Insert lesions"].mask_combo is not None
     rows = widgets["Model families"].rows()
-    assert ("classic.cubic", "superres", "0.1.0", "medgen-classic", "ok") in rows
+    assert ("Cubic B-spline", "Super-resolution", "medgen-classic 0.1.0", "ok") in rows
 
 
 def test_params_form_follows_family(viewer):
@@ -209,7 +209,7 @@ def test_families_panel_shows_plugin_errors_and_reload_refreshes_docks(viewer):
     panel.reload()
     assert "fake.slow" in [e.id for e in dock._entries]
     rows = panel.rows()
-    assert any(r[0] == "plugin 'typo'" and r[4].startswith("error") for r in rows)
+    assert any(r[0] == "plugin 'typo'" and r[3].startswith("error") for r in rows)
     assert "1 plugin problem" in panel.errors_label.text()
 
 
