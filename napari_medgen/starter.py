@@ -52,6 +52,7 @@ from . import __version__
 from .errors import InputError, OutputError
 from .family import Task
 from .io.output import PARTIAL_SUFFIX, OutputTransaction
+from .io.output import _reason as write_reason
 from .registry import _ID_RE, ENTRY_POINT_GROUP, RESERVED_PREFIX
 
 __all__ = [
@@ -338,15 +339,10 @@ def _files(
 
 # -- writing ----------------------------------------------------------------------------------
 def _reason(exc: OSError) -> str:
-    known = {
-        errno.ENOSPC: "no space left on the device",
-        errno.EACCES: "permission denied",
-        errno.EPERM: "permission denied",
-        errno.EROFS: "the folder is on a read-only file system",
-        errno.ENOTEMPTY: "the folder was filled meanwhile",
-        errno.EEXIST: "the folder was filled meanwhile",
-    }
-    return known.get(exc.errno or 0, exc.strerror or type(exc).__name__)
+    """The user-facing reason of the one output path, plus the rename's own (the folder filled meanwhile)."""
+    if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+        return "the folder was filled meanwhile"
+    return write_reason(exc)
 
 
 def _folder_state(folder: Path) -> str:

@@ -65,6 +65,21 @@ def with_fake_plugins(monkeypatch):
     return reg
 
 
+def add_volume(viewer, volume, name=None):
+    """Add a Volume to the viewer as an image layer, as the reader would (scale, translate, affine)."""
+    from napari_medgen.io.napari_io import volume_to_layer_data
+
+    data, kwargs, _ = volume_to_layer_data(volume, name=name or volume.name)
+    return viewer.add_image(data, **kwargs)
+
+
+def open_dock(viewer, name):
+    """Open a MedGen dock through the manifest, as the Plugins menu does; returns its widget."""
+    from napari_medgen.demo import PLUGIN
+
+    return viewer.window.add_plugin_dock_widget(PLUGIN, name)[1]
+
+
 @pytest.fixture
 def phantom():
     from napari_medgen.io.phantom import make_phantom

@@ -9,20 +9,9 @@ import types
 
 import numpy as np
 import pytest
+from conftest import add_volume, open_dock
 
 from napari_medgen import InputSpec, ModelFamily, Output, Result, Task, hookimpl
-from napari_medgen.demo import PLUGIN
-from napari_medgen.io.napari_io import volume_to_layer_data
-
-
-def add_volume(viewer, volume, name):
-    data, kwargs, _ = volume_to_layer_data(volume, name=name)
-    return viewer.add_image(data, **kwargs)
-
-
-def open_dock(viewer, name):
-    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
-    return widget
 
 
 @pytest.fixture

@@ -6,16 +6,11 @@ from __future__ import annotations
 import threading
 
 import pytest
-from conftest import project_registry
+from conftest import open_dock, project_registry
 from pip_fakes import FakePip, make_wheel
 
 from napari_medgen import installer
 from napari_medgen import registry as reg_mod
-from napari_medgen.demo import PLUGIN
-
-
-def open_dock(viewer, name):
-    return viewer.window.add_plugin_dock_widget(PLUGIN, name)[1]
 
 
 @pytest.fixture

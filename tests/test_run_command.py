@@ -7,6 +7,7 @@ import shlex
 
 import numpy as np
 import pytest
+from conftest import open_dock
 
 from napari_medgen import cli
 from napari_medgen.commands import (
@@ -246,12 +247,6 @@ def test_cli_record_names_its_points_file_and_extra_outputs(capsys, tmp_path, ph
 
 
 # -- the dock -----------------------------------------------------------------------------------
-def _open_dock(viewer, name):
-    from napari_medgen.demo import PLUGIN
-
-    return viewer.window.add_plugin_dock_widget(PLUGIN, name)[1]
-
-
 def _run_and_wait(qtbot, dock):
     dock.last_result = None
     dock.run()
@@ -276,7 +271,7 @@ def test_dock_copies_the_command_of_its_last_run(make_napari_viewer, qtbot, thic
 
     viewer = make_napari_viewer()
     layer = viewer.open(str(thick_file), plugin=PLUGIN)[0]
-    dock = _open_dock(viewer, "Super-resolution")
+    dock = open_dock(viewer, "Super-resolution")
     button = dock.command_action.button
     assert not button.isEnabled()
     dock.image_combo.value = layer.name
@@ -296,7 +291,7 @@ def test_dock_copies_the_command_of_its_last_run(make_napari_viewer, qtbot, thic
 
     # the result layer as the input of another dock: no file behind it, so a placeholder and a note
     result_layer = viewer.layers[-1]
-    other = _open_dock(viewer, "Anomaly map")
+    other = open_dock(viewer, "Anomaly map")
     other.image_combo.value = result_layer.name
     other.select_family("classic.outlier")
     _run_and_wait(qtbot, other)
@@ -318,7 +313,7 @@ def test_dock_layer_made_in_the_viewer_gives_a_placeholder(make_napari_viewer, q
     viewer = make_napari_viewer()
     data, kwargs, _ = volume_to_layer_data(phantom[0], name="scan")
     viewer.add_image(data, **kwargs)
-    dock = _open_dock(viewer, "Anomaly map")
+    dock = open_dock(viewer, "Anomaly map")
     dock.image_combo.value = "scan"
     dock.select_family("classic.outlier")
     dock.run()

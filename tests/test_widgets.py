@@ -4,19 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import add_volume, open_dock
 
 from napari_medgen.demo import DOCKS, PLUGIN
-from napari_medgen.io.napari_io import volume_to_layer_data
-
-
-def add_volume(viewer, volume, name=None):
-    data, kwargs, _ = volume_to_layer_data(volume, name=name or volume.name)
-    return viewer.add_image(data, **kwargs)
-
-
-def open_dock(viewer, name):
-    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
-    return widget
 
 
 @pytest.fixture
