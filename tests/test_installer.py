@@ -143,3 +143,13 @@ def test_cli_plugins_list_json_names_the_families_of_each_package(capsys):
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
     assert "medgen.selfsr" in rows["napari-medgen"]["families"]
     assert rows["napari-medgen"]["removable"] is False
+
+
+def test_an_upgrade_of_a_module_already_loaded_says_restart(monkeypatch):
+    plan = installer.Plan("upgrade", "medgen-edge", "2.0", [installer.Change("medgen-edge", "2.0", "1.0", "upgrade")],
+                          ["edge = medgen_edge"], [])
+    monkeypatch.setattr(installer, "_top_level", lambda name, wheel=None: {"json"})  # imported in this process
+    report = installer.after_change(plan)
+    assert report["restart_needed"] and "restart napari" in report["messages"][0]
+    monkeypatch.setattr(installer, "_top_level", lambda name, wheel=None: {"medgen_not_imported_zz"})
+    assert not installer.after_change(plan)["restart_needed"]  # a new module: the reload is enough
