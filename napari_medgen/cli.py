@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_plugins import add_parser as add_plugins_parser
 
     add_plugins_parser(sub, EXIT_CODES)
+    from .cli_batch import add_parser as add_batch_parser
+
+    add_batch_parser(sub, EXIT_CODES)
 
     run = sub.add_parser(
         "run", help="run a family on a NIfTI file (or DICOM series folder)",
@@ -778,6 +781,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .cli_plugins import cmd_plugins
 
             return cmd_plugins(args)
+        if args.command == "batch":
+            from .cli_batch import cmd_batch
+
+            return cmd_batch(args)
         return cmd_run(args)
     except Cancelled:
         print("medgen: cancelled; no output written", file=sys.stderr)
