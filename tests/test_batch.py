@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import nibabel as nib
+import numpy as np
 import pytest
 
 from napari_medgen import cli
@@ -211,3 +212,32 @@ def test_a_site_model_is_trained_once_and_applied_to_every_scan(folder, tmp_path
         (out / "b_desc-sitemodel.json").unlink()
         assert cli.main(args) == 0
         assert site.TRAINED == [2]
+
+
+def test_ctrl_c_stops_the_batch_and_keeps_the_finished_scans(tmp_path):
+    import signal
+
+    src = tmp_path / "many"
+    for i in range(10):
+        _scan(src / f"s{i:02d}.nii.gz", i)
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "napari_medgen", "batch", "superres", str(src), "-o", str(out),
+            "--family", "medgen.selfsr", "--param", "max_steps=40", "--workers", "1"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.3)
+        jsonl = out / "manifest.jsonl"
+        if jsonl.exists() and len(jsonl.read_text().splitlines()) >= 1:
+            break
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "finished scans are kept" in err
+    with open(out / "manifest.csv", newline="") as fh:
+        statuses = [r["status"] for r in csv.DictReader(fh)]
+    assert "done" in statuses and "cancelled" in statuses and len(statuses) == 10
+    for image in out.glob("*.nii.gz"):  # every file under a final name is whole
+        assert np.isfinite(nib.load(image).get_fdata()).all()
+        assert image.with_name(image.name.replace(".nii.gz", ".json")).exists()
+    assert len(list(out.glob("*.nii.gz"))) == statuses.count("done")

@@ -517,25 +517,34 @@ def run_batch(config: BatchConfig, *, progress: Callable[[int, int, dict[str, An
         cancel.set()
         raise
     finally:
+        client.close()  # first: a scan still running either commits its files now or never
+        if cluster is not None:
+            cluster.close()
         for job in jobs:
             if not any(r["key"] == job["key"] for r in rows):
-                row = {"key": job["key"], "input": job["input"], "status": "cancelled", "outputs": "",
-                       "sidecar": job["sidecar"], "seconds": 0.0, "error": "not run (cancelled)", "worker": "",
-                       "finished": ""}
-                rows.append(row)
-                manifest.append(row)
-                summary.cancelled += 1
+                rows.append(_unfinished_row(job))
+                manifest.append(rows[-1])
+                if rows[-1]["status"] == "done":
+                    summary.done += 1
+                else:
+                    summary.cancelled += 1
         order = {str(s.path): i for i, s in enumerate(scans)}
         rows.sort(key=lambda r: order.get(r["input"], 0))
         summary.rows = rows
-        try:
-            manifest.write_csv(rows)
-        finally:
-            client.close()
-            if cluster is not None:
-                cluster.close()
+        manifest.write_csv(rows)
         summary.elapsed = time.monotonic() - started
     return summary
+
+
+def _unfinished_row(job: dict[str, Any]) -> dict[str, Any]:
+    """The row of a scan the batch stopped before hearing back: done if its files were committed."""
+    row = {"key": job["key"], "input": job["input"], "status": "cancelled", "outputs": "", "sidecar": job["sidecar"],
+           "seconds": 0.0, "error": "not run (cancelled)", "worker": "", "finished": ""}
+    side = _read_sidecar(Path(job["sidecar"])) if Path(job["sidecar"]).exists() else None
+    if side and ((side.get("medgen") or {}).get("batch") or {}) == job["match"]:
+        row.update(status="done", outputs=";".join(job["outputs"].values()),
+                   error="", finished="while the batch was stopping")
+    return row
 
 
 def _has_bokeh() -> bool:
