@@ -333,6 +333,9 @@ class TaskWidget(ScrollDock):
         from .run_command import RunCommand  # "Copy as command": the `medgen run` line of the last run
 
         self.command_action = RunCommand(self)
+        from .batch_action import BatchAction  # "Run on a folder...": this family over a cohort
+
+        self.batch_action = BatchAction(self)
 
     def _add_row(self, form: QFormLayout, key: str, text: str, field: QWidget) -> None:
         label = QLabel(text)
