@@ -7,6 +7,8 @@ slice-profile estimation about 4 minutes; the memory run about 6 minutes); the a
 ``fast`` preset up to 10 minutes per training, 6 trainings per family and contrast (one in the
 references mode, five per scan), i.e. up to 4 hours for two families. The harmonization
 benchmark adds about 8 minutes of baselines plus the learned family's 8 runs (4 scans x 2 targets).
+The batch benchmark (``medgen batch`` on 20 scans at 2 mm: scaling, overhead against a loop of
+``medgen run``, resume after a kill) takes about 5-10 minutes.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from . import anomaly, harmonize, lesion, slice_profile, superres, writer
+from . import anomaly, batch, harmonize, lesion, slice_profile, superres, writer
 from .common import write_section
 
 
@@ -50,6 +52,9 @@ def main() -> int:
                   "with the network's inference measured, 1 = over 8 GB or a B-spline fallback)")
     # the atomic output writer against a plain save of a 0.5 GB result
     writer.main([])
+    # medgen batch on Dask: 20 pseudo-subjects at 2 mm, classic.outlier; 1 worker against the default local
+    # cluster, against a loop of medgen run, and resume after a SIGKILL (about 5-10 minutes)
+    batch.main([])
     # anomaly maps: the learned normative families against the baselines, both modes, T1 and T2 at 1 mm
     anomaly.main(["--write"])
     # harmonization: the learned family (fast preset) against identity, histogram matching, Nyul and
