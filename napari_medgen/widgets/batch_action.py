@@ -514,21 +514,8 @@ class BatchAction:
                 say=lambda line: bridge.said.emit(batch_id, str(line)),
             )
 
-        if task_widget._synchronous():
-            try:
-                summary = job()
-            except BaseException as exc:  # noqa: BLE001 - reported in the dock
-                self._finish(batch, error=exc)
-            else:
-                self._finish(batch, summary=summary)
-            return
-        from napari.qt.threading import create_worker
-
-        worker = create_worker(job, _start_thread=False, _ignore_errors=True)  # errors go to the dock
-        worker.returned.connect(partial(self._finish_returned, batch))
-        worker.errored.connect(partial(self._finish_errored, batch))
-        self._worker = worker
-        worker.start()
+        self._worker = task_widget.start_job(job, partial(self._finish_returned, batch),
+                                             partial(self._finish_errored, batch))
 
     def cancel(self) -> None:
         """Stop the batch: queued scans are cancelled, running ones abandoned; finished scans stay."""

@@ -49,7 +49,7 @@ from .loss_plot import LossPlot
 if TYPE_CHECKING:  # pragma: no cover
     import napari
 
-__all__ = ["TaskWidget", "SYNCHRONOUS", "param_widget"]
+__all__ = ["TaskWidget", "SYNCHRONOUS", "param_widget", "start_job"]
 
 log = logging.getLogger("napari_medgen.widgets")
 
@@ -61,6 +61,30 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 
 def _synchronous() -> bool:
     return SYNCHRONOUS or os.environ.get("MEDGEN_SYNC_WORKERS", "") not in ("", "0")
+
+
+def start_job(job: Callable[[], Any], returned: Callable[[Any], None],
+              errored: Callable[[BaseException], None]) -> Any:
+    """Run ``job`` in a napari thread worker; its value or exception goes to ``returned``/``errored``.
+
+    With the synchronous switch (tests) it runs here and now, and None is returned instead of
+    the worker. Errors never reach the Qt event loop: the dock shows them.
+    """
+    if _synchronous():
+        try:
+            value = job()
+        except BaseException as exc:  # noqa: BLE001 - reported in the dock
+            errored(exc)
+        else:
+            returned(value)
+        return None
+    from napari.qt.threading import create_worker
+
+    worker = create_worker(job, _start_thread=False, _ignore_errors=True)
+    worker.returned.connect(returned)
+    worker.errored.connect(errored)
+    worker.start()
+    return worker
 
 
 class AutoValue(mw.Container):
@@ -679,21 +703,7 @@ class TaskWidget(ScrollDock):
                 overwrite=overwrite,
             )
 
-        if _synchronous():
-            try:
-                result = job()
-            except BaseException as exc:  # noqa: BLE001 - reported in the dock
-                self._finish(run, error=exc)
-            else:
-                self._finish(run, result=result)
-            return
-        from napari.qt.threading import create_worker
-
-        worker = create_worker(job, _start_thread=False, _ignore_errors=True)  # errors go to the dock
-        worker.returned.connect(partial(self._finish_returned, run))
-        worker.errored.connect(partial(self._finish_errored, run))
-        self._worker = worker
-        worker.start()
+        self._worker = start_job(job, partial(self._finish_returned, run), partial(self._finish_errored, run))
 
     def _preflight(self, family: ModelFamily, inputs: Inputs) -> tuple[dict[str, Any] | None, bool]:
         """Parameters and files checked before any compute; an existing file is replaced only if the user says so.
