@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
 from .errors import EXIT_FAILED, EXIT_USAGE, Cancelled, MedGenError
+from .io.output import write_bytes
 from .registry import BUILTIN_PACKAGE, ENTRY_POINT_GROUP, FIRST_PARTY
 
 __all__ = [
@@ -465,8 +466,8 @@ def _fetch_wheel(source: Source, workdir: Path, runner: Runner, log: Log) -> Whe
 
 def _dry_run(wheel: WheelInfo, source: Source, workdir: Path, runner: Runner, log: Log,
              extra: Sequence[str] = ()) -> tuple[list[Change], list[str]]:
-    cfile = workdir / "constraints.txt"
-    cfile.write_text(constraints(), encoding="utf-8")
+    cfile = write_bytes(workdir / "constraints.txt", constraints().encode("utf-8"), overwrite=True,
+                        role="constraints file")
     report = workdir / "report.json"
     args = ["install", "--constraint", str(cfile), *source.index_args(), *extra, str(wheel.path)]
     result = runner([*args[:1], "--dry-run", "--report", str(report), *args[1:]], log)

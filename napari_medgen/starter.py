@@ -51,7 +51,7 @@ from pathlib import Path
 from . import __version__
 from .errors import InputError, OutputError
 from .family import Task
-from .io.output import PARTIAL_SUFFIX, OutputTransaction
+from .io.output import PARTIAL_SUFFIX, OutputTransaction, write_bytes
 from .io.output import _reason as write_reason
 from .registry import _ID_RE, ENTRY_POINT_GROUP, RESERVED_PREFIX
 
@@ -392,10 +392,7 @@ def _write_new(folder: Path, files: dict[str, str]) -> None:
         for rel, text in files.items():
             path = temp / rel
             path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "wb") as fh:
-                fh.write(text.encode("utf-8"))
-                fh.flush()
-                os.fsync(fh.fileno())
+            write_bytes(path, text.encode("utf-8"), role="plugin file")  # the one output path, fsync'd
         try:
             os.rename(temp, folder)  # POSIX: also replaces an empty folder, atomically
         except OSError:
@@ -406,9 +403,11 @@ def _write_new(folder: Path, files: dict[str, str]) -> None:
     except BaseException as exc:
         shutil.rmtree(temp, ignore_errors=True)
         _remove_dirs(made)
-        if isinstance(exc, OSError):
+        # a file's write (the output path's OutputError keeps the OSError as its context) or the rename
+        cause = exc.__context__ if isinstance(exc, OutputError) else exc
+        if isinstance(cause, OSError):
             raise OutputError(
-                f"could not write the plugin to {str(folder)!r}: {_reason(exc)}; nothing was written"
+                f"could not write the plugin to {str(folder)!r}: {_reason(cause)}; nothing was written"
             ) from None
         raise
 

@@ -13,7 +13,6 @@ cohort's results are files, listed in the manifest the status line names at the 
 from __future__ import annotations
 
 import html
-import itertools
 import logging
 import os
 import threading
@@ -40,6 +39,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..errors import Cancelled, InputError, MedGenError
+from .task_widget import _Run
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..batch.engine import BatchConfig, BatchSummary
@@ -393,37 +393,20 @@ class _Bridge(QObject):
     said = Signal(int, str)  # batch id, a line from run_batch
 
 
-_batch_ids = itertools.count(1)
-
-
-class _Batch:
-    """One started batch: its number, cancel Event, activity bar and counts; it ends exactly once."""
+class _Batch(_Run):
+    """One started batch: a run (its number, cancel Event, activity bar; it ends exactly once) plus its counts."""
 
     def __init__(self, config: BatchConfig, title: str) -> None:
-        from ._run_progress import RunProgress
-
-        self.id = next(_batch_ids)
+        super().__init__(title, threading.Event())
         self.config = config
-        self.cancel = threading.Event()
-        self.progress = RunProgress(title)
         self.finished = 0
         self.total = 0
         self.failures: list[tuple[str, str]] = []  # (input, error)
         self.note = ""  # run_batch's last line (workers, dashboard)
-        self.ended = False
 
     @property
     def manifest(self) -> Path:
         return Path(self.config.outdir).expanduser() / "manifest.csv"
-
-    def end(self) -> None:
-        self.ended = True
-        self.progress.close()
-
-    def abandon(self, *_: Any) -> None:
-        """The dock was closed mid-batch: stop the batch, drop the bar, ignore what comes back."""
-        self.cancel.set()
-        self.end()
 
 
 class BatchAction:

@@ -184,7 +184,7 @@ _run_ids = itertools.count(1)
 
 
 class _Run:
-    """One press of Run: its number, cancel flag and activity bar; it ends exactly once."""
+    """One press of Run (or a batch): its number, cancel flag and activity bar; it ends exactly once."""
 
     def __init__(self, title: str, cancel: threading.Event) -> None:
         self.id = next(_run_ids)
@@ -197,7 +197,7 @@ class _Run:
         self.progress.close()
 
     def abandon(self, *_: Any) -> None:
-        """The dock was closed mid-run: stop the family, drop the bar, ignore what comes back."""
+        """The dock was closed mid-run: stop the work, drop the bar, ignore what comes back."""
         self.cancel.set()
         self.end()
 
